@@ -1,0 +1,104 @@
+"""What every solver provides, and the registry the loop and the CLI build their choices from.
+
+A solver has two faces that must agree:
+
+* **exact dynamics** on a tabular game — ``init`` / ``step`` act on the (C, N) log-policy with exact win-rates;
+  this is where convergence to the exact equilibrium is proven and tested;
+* **sampled training** — ``collect`` asks a :class:`Round` for samples, preferences and frozen log-probs and
+  returns a batch; ``loss`` turns a batch and the trainable policy into a scalar through the solver's pure loss
+  function. The same two methods train a tabular policy or a language model: they only see the protocols.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Literal, Protocol
+
+from torch import Tensor
+
+from nashpref.game import PreferenceGame
+
+Iterate = Literal["last", "average"]
+Source = Literal["policy", "reference", "mixture"]
+Batch = dict[str, Any]
+
+
+class Responses(Protocol):
+    """Responses grouped per context, leading shape (B, K). A tabular policy uses a LongTensor of action ids;
+    a language model a padded token tensor (B, K, T) with a mask. ``take`` picks along K with a (B, M) index."""
+
+    def take(self, index: Tensor) -> "Responses": ...
+
+
+class Policy(Protocol):
+    """The one policy protocol: tabular logits and transformers causal LMs both implement it."""
+
+    def log_prob(self, contexts: Tensor, responses: Any, normalize: bool = False) -> Tensor:
+        """(B, K) sequence log-probs with gradients; ``normalize`` divides by response length (LMs)."""
+        ...
+
+    def sample(self, contexts: Tensor, n: int) -> Any: ...
+
+
+class Round(Protocol):
+    """One self-play round as a solver sees it; built by the loop around the frozen iterate π_t."""
+
+    contexts: Tensor            # (B,) context ids of this round
+    samples: int                # K, the samples-per-context the user asked for
+    exact_labels: bool          # False: ``prefer`` returns Bernoulli(P) labels in {0, 1}
+
+    def sample(self, n: int, source: Source = "policy", beta: float = 0.0) -> Any:
+        """(B, n) responses from π_t, from μ, or from the geometric mixture π_t^(1−β) μ^β."""
+        ...
+
+    def prefer(self, a: Any, b: Any) -> Tensor:
+        """(B, M) preference P(a ≻ b | x) (or a sampled label) for responses a, b of equal shape (B, M)."""
+        ...
+
+    def log_prob(self, responses: Any, model: Literal["previous", "reference"], normalize: bool = False) -> Tensor:
+        """(B, M) log-probs under the frozen π_t ("previous") or μ ("reference"), without gradients."""
+        ...
+
+
+@dataclasses.dataclass
+class SolverConfig:
+    """Options shared by every solver; each solver extends it with its own fields."""
+
+
+class Solver(ABC):
+    name: ClassVar[str]
+    Config: ClassVar[type[SolverConfig]]
+    iterate: ClassVar[Iterate] = "last"     # which iterate carries the convergence guarantee
+    needs_tau: ClassVar[bool] = True        # False for solvers of the unregularised game (SPPO, DNO)
+    extragradient: ClassVar[bool] = False   # the loop runs the half-step / restore dance when True
+
+    def __init__(self, config: SolverConfig | None = None):
+        self.config = config if config is not None else self.Config()
+
+    # ---- exact tabular dynamics -----------------------------------------------------------------------------
+    def default_iterations(self, game: PreferenceGame) -> int:
+        return 1000
+
+    def init(self, game: PreferenceGame) -> Tensor:
+        """The starting log-policy (C, N); μ by default."""
+        return game.log_mu.clone()
+
+    @abstractmethod
+    def step(self, game: PreferenceGame, log_pi: Tensor, t: int) -> Tensor:
+        """log π_{t+1} from log π_t with exact win-rates (t counts from 0)."""
+
+    # ---- sampled training -----------------------------------------------------------------------------------
+    def collect(self, round: Round) -> Batch:
+        raise NotImplementedError(f"{self.name} has no sampled training yet")
+
+    def loss(self, batch: Batch, policy: Policy) -> tuple[Tensor, dict[str, float]]:
+        raise NotImplementedError(f"{self.name} has no sampled training yet")
+
+
+REGISTRY: dict[str, type[Solver]] = {}
+
+
+def register(cls: type[Solver]) -> type[Solver]:
+    REGISTRY[cls.name] = cls
+    return cls
