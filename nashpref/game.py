@@ -81,7 +81,10 @@ class PreferenceGame:
             actions = tuple(str(a) for a in actions)
             if len(actions) != P.shape[-1]:
                 raise GameError(f"{where}: {len(actions)} action labels for {P.shape[-1]} actions")
-        mu = mu / mu.sum(-1, keepdim=True)
+        # Renormalise only beyond rounding error: dividing by a sum of 1 ± ulp changes bits, and then
+        # create(game.P, game.mu) would not reproduce game.mu (a saved game would not reload exactly).
+        total = mu.sum(-1, keepdim=True)
+        mu = torch.where((total - 1).abs() > 4 * mu.shape[-1] * torch.finfo(DTYPE).eps, mu / total, mu)
         return cls(P=P.contiguous(), mu=mu.contiguous(), tau=float(tau), name=name, actions=actions,
                    description=description)
 

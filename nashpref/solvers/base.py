@@ -38,7 +38,17 @@ class Policy(Protocol):
         """(B, K) sequence log-probs with gradients; ``normalize`` divides by response length (LMs)."""
         ...
 
-    def sample(self, contexts: Tensor, n: int) -> Any: ...
+    def sample(self, contexts: Tensor, n: int, generator: Any = None) -> Any:
+        """(B, n) responses drawn from the policy; ``generator`` (a torch.Generator) makes the draw reproducible."""
+        ...
+
+    def sample_mixture(self, contexts: Tensor, n: int, reference: "Policy", beta: float, generator: Any = None) -> Any:
+        """(B, n) responses from the geometric mixture π^(1−β) μ^β (exact for tables; token by token for LMs)."""
+        ...
+
+    def frozen(self) -> "Policy":
+        """A detached snapshot π_t for one round (an LM also syncs its sampler's weights here)."""
+        ...
 
 
 class Round(Protocol):
@@ -47,6 +57,7 @@ class Round(Protocol):
     contexts: Tensor            # (B,) context ids of this round
     samples: int                # K, the samples-per-context the user asked for
     exact_labels: bool          # False: ``prefer`` returns Bernoulli(P) labels in {0, 1}
+    tau: float | None           # the KL strength τ of the game / training run (set by the loop)
 
     def sample(self, n: int, source: Source = "policy", beta: float = 0.0) -> Any:
         """(B, n) responses from π_t, from μ, or from the geometric mixture π_t^(1−β) μ^β."""

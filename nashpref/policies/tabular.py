@@ -1,0 +1,63 @@
+"""A table of logits per context: the policy on which every sampled loss is checked against the exact game.
+
+A response is a single action id, so responses are LongTensors of shape (B, K) and a response's sequence
+log-prob is just the log-probability of its action (``normalize`` has nothing to divide by).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from nashpref.game import DTYPE, as_tensor
+
+
+class TabularPolicy(torch.nn.Module):
+    """π(· | x_c) = softmax(logits[c]); ``logits`` is a (C, N) float64 parameter."""
+
+    def __init__(self, logits: Tensor):
+        super().__init__()
+        logits = as_tensor(logits, DTYPE)
+        if logits.dim() != 2:
+            raise ValueError(f"TabularPolicy: logits must be (contexts, actions), got shape {tuple(logits.shape)}")
+        self.logits = torch.nn.Parameter(logits.detach().clone())
+
+    @property
+    def num_actions(self) -> int:
+        return self.logits.shape[-1]
+
+    def log_table(self, contexts: Tensor | None = None) -> Tensor:
+        """(B, N) log π(· | x) for the given contexts (all contexts if None), with gradients."""
+        logits = self.logits if contexts is None else self.logits[contexts]
+        return torch.log_softmax(logits, dim=-1)
+
+    def probabilities(self) -> Tensor:
+        """(C, N) π, detached."""
+        return torch.softmax(self.logits.detach(), dim=-1)
+
+    def log_prob(self, contexts: Tensor, responses: Tensor, normalize: bool = False) -> Tensor:
+        """(B, K) log π(responses | contexts) with gradients; ``normalize`` is a no-op (one token each)."""
+        return self.log_table(contexts).gather(1, responses)
+
+    def sample(self, contexts: Tensor, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """(B, n) action ids drawn i.i.d. from π(· | x) for each context."""
+        return _draw(self.log_table(contexts).detach(), n, generator)
+
+    def sample_mixture(self, contexts: Tensor, n: int, reference, beta: float,
+                       generator: torch.Generator | None = None) -> Tensor:
+        """(B, n) action ids from the geometric mixture π^(1−β) μ^β, renormalised (exact for a table)."""
+        actions = torch.arange(self.num_actions).expand(contexts.shape[0], -1)
+        with torch.no_grad():
+            log_mu = reference.log_prob(contexts, actions)
+            mixed = (1.0 - beta) * self.log_table(contexts) + beta * log_mu
+        return _draw(torch.log_softmax(mixed, dim=-1), n, generator)
+
+    def frozen(self) -> "TabularPolicy":
+        """A detached copy that later optimizer steps on ``self`` do not touch (π_t of a round)."""
+        copy = TabularPolicy(self.logits.detach())
+        copy.requires_grad_(False)
+        return copy
+
+
+def _draw(log_probs: Tensor, n: int, generator: torch.Generator | None) -> Tensor:
+    return torch.multinomial(log_probs.exp(), n, replacement=True, generator=generator)

@@ -1,0 +1,108 @@
+"""An instruction model as judge: it reads (x, a, b), answers "A" or "B", and is asked in both orders.
+
+P(a ≻ b | x) = ½ ([verdict on (a, b) is A] + [verdict on (b, a) is B]), an unparseable verdict counting ½. The
+position swap cancels a judge's bias toward either slot (a judge that always answers "A" gives ½) and makes
+the oracle antisymmetric: P(a ≻ b) + P(b ≻ a) = 1.
+
+The judge generates greedily, through transformers (``backend="hf"``) or its own in-process vLLM engine
+(``backend="vllm"``); any ``generate(list of user messages) -> list of completions`` callable also works.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from nashpref.preferences.text import Prompt, TextOracle, check_lengths, prompt_text
+
+JUDGE_TEMPLATE = ("Which response answers the user's prompt better?\n\n[Prompt]\n{prompt}\n\n[Response A]\n{a}\n\n"
+                  "[Response B]\n{b}\n\nAnswer with a single letter: A or B.")
+# A verdict letter must stand alone: "A", "B.", "**A**", "[B]", "A\n…", "Response B is better" — not the article
+# in "A good answer would…".
+_ALONE = r"(?=\s*$|\s*[.,:;!)\]*_`'\"]|\s+(?:is|wins|was|over)\b|\n)"
+_LEAD = re.compile(r"^[\s*_`'\"(\[]*(?:(?i:response|answer|verdict|option)\s*)?([AB])" + _ALONE)
+_STATED = re.compile(r"(?i:verdict|answer|winner|better(?: response)?|prefer(?:red)?|choose|choice)"
+                     r"\s*(?:is|:|=)?\s*[*_`'\"(\[]*(?:(?i:response)\s*)?([AB])" + _ALONE)
+
+
+def parse_verdict(text: str) -> str | None:
+    """ "A", "B" or None. Accepts a leading letter ("A", "B.", "**B**", "[A]", "Response B is better") or a
+    stated verdict ("The answer is A", "Verdict: [[B]]"); None when nothing (or both letters) is stated."""
+    lead = _LEAD.match(text)
+    if lead:
+        return lead.group(1)
+    stated = {m.group(1) for m in _STATED.finditer(text)}
+    return stated.pop() if len(stated) == 1 else None
+
+
+def verdict_score(verdict: str | None, a_slot: str) -> float:
+    """Credit to response a, shown in slot ``a_slot``: 1 if the verdict picks that slot, 0 if the other, ½ if none."""
+    if verdict is None:
+        return 0.5
+    return 1.0 if verdict == a_slot else 0.0
+
+
+class JudgeOracle(TextOracle):
+    """Position-swapped verdicts of a generative judge."""
+
+    def __init__(self, generate: Callable[[list[str]], list[str]], template: str = JUDGE_TEMPLATE):
+        self.generate = generate
+        self.template = template
+        self.unparsed = 0
+        """Verdicts that could not be parsed so far (each counted as a tie)."""
+
+    @classmethod
+    def from_pretrained(cls, path: str, *, device: str | None = None, dtype: str = "auto",
+                        backend: str = "hf", max_new_tokens: int = 16, **engine) -> "JudgeOracle":
+        if backend == "vllm":
+            return cls(vllm_generator(path, max_new_tokens, dtype=dtype, **engine))
+        return cls(hf_generator(path, max_new_tokens, device=device, dtype=dtype))
+
+    def requests(self, prompts: Sequence[Prompt], a: Sequence[str], b: Sequence[str]) -> list[str]:
+        """The judge's user messages: every pair in order (a, b), then every pair swapped (b, a)."""
+        first = [self.template.format(prompt=prompt_text(p), a=x, b=y) for p, x, y in zip(prompts, a, b)]
+        second = [self.template.format(prompt=prompt_text(p), a=y, b=x) for p, x, y in zip(prompts, a, b)]
+        return first + second
+
+    def prefer_texts(self, prompts: Sequence[Prompt], a: Sequence[str], b: Sequence[str]) -> Tensor:
+        n = check_lengths("JudgeOracle", prompts, a, b)
+        verdicts = [parse_verdict(text) for text in self.generate(self.requests(prompts, a, b))]
+        self.unparsed += sum(v is None for v in verdicts)
+        return torch.tensor([(verdict_score(verdicts[i], "A") + verdict_score(verdicts[n + i], "B")) / 2
+                             for i in range(n)], dtype=torch.float32)
+
+
+def hf_generator(path: str, max_new_tokens: int, *, device: str | None = None, dtype: str = "auto"):
+    """Greedy transformers generation of the judge's answers to user messages."""
+    from nashpref.policies.lm import load_causal_lm, render_prompt
+    from nashpref.sampling.hf import generate_texts
+
+    model, tokenizer = load_causal_lm(path, device=device, dtype=dtype)
+
+    def generate(messages: list[str]) -> list[str]:
+        return generate_texts(model, tokenizer, [render_prompt(tokenizer, m) for m in messages], max_new_tokens)
+    return generate
+
+
+def vllm_generator(path: str, max_new_tokens: int, *, dtype: str = "auto", **engine):
+    """Greedy generation by a second in-process vLLM engine holding the judge."""
+    from transformers import AutoTokenizer
+
+    from nashpref.policies.lm import render_prompt
+    from nashpref.sampling import SamplingConfig
+    from nashpref.sampling.vllm import VLLMSampler
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    sampler = VLLMSampler(path, SamplingConfig(max_new_tokens=max_new_tokens, temperature=0), dtype=dtype, **engine)
+
+    def generate(messages: list[str]) -> list[str]:
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=max_new_tokens, temperature=0.0)
+        outputs = sampler.llm.generate([{"prompt_token_ids": render_prompt(tokenizer, m)} for m in messages],
+                                       params, use_tqdm=False)
+        return [out.outputs[0].text for out in outputs]
+    return generate

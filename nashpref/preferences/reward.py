@@ -1,0 +1,55 @@
+"""Bradley–Terry preference over a scalar reward model: P(a ≻ b | x) = σ(r(x, a) − r(x, b)).
+
+The reward model is an ``AutoModelForSequenceClassification`` with one label. It reads the conversation as the
+tokenizer's chat template renders it (prompt messages + the response as the assistant's turn), or
+"prompt\\nresponse" for a tokenizer without a template. The model *is* Bradley–Terry, so scoring each
+response once and taking differences is exact; every distinct (prompt, response) is scored once per call.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from nashpref.game import GameError
+from nashpref.preferences.text import (Prompt, TextOracle, chat_messages, check_lengths, classifier_logits,
+                                       load_sequence_classifier, prompt_text)
+
+
+def format_conversation(tokenizer, prompt: Prompt, response: str) -> str:
+    """The text a reward model scores for one response."""
+    if getattr(tokenizer, "chat_template", None):
+        messages = chat_messages(prompt) + [{"role": "assistant", "content": response}]
+        return tokenizer.apply_chat_template(messages, tokenize=False)
+    return f"{prompt_text(prompt)}\n{response}"
+
+
+class RewardOracle(TextOracle):
+    """σ(r(x, a) − r(x, b)) with r the single logit of a sequence classifier."""
+
+    def __init__(self, model, tokenizer, batch_size: int = 16, where: str = "reward model"):
+        if model.config.num_labels != 1:
+            raise GameError(f"{where}: a reward model needs num_labels = 1, got {model.config.num_labels}")
+        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+
+    @classmethod
+    def from_pretrained(cls, path: str, *, device: str | None = None, dtype: str = "auto",
+                        batch_size: int = 16) -> "RewardOracle":
+        model, tokenizer = load_sequence_classifier(path, device=device, dtype=dtype, what="reward model")
+        return cls(model, tokenizer, batch_size, where=path)
+
+    def rewards(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> Tensor:
+        """(n,) float32 rewards r(x, y)."""
+        texts = [format_conversation(self.tokenizer, p, r) for p, r in zip(prompts, responses)]
+        unique = list(dict.fromkeys(texts))
+        chat = bool(getattr(self.tokenizer, "chat_template", None))
+        scores = classifier_logits(self.model, self.tokenizer, unique, self.batch_size, chat)[:, 0]
+        index = {text: i for i, text in enumerate(unique)}
+        return scores[torch.tensor([index[t] for t in texts], dtype=torch.long)]
+
+    def prefer_texts(self, prompts: Sequence[Prompt], a: Sequence[str], b: Sequence[str]) -> Tensor:
+        n = check_lengths("RewardOracle", prompts, a, b)
+        r = self.rewards(list(prompts) * 2, list(a) + list(b))
+        return torch.sigmoid(r[:n] - r[n:])

@@ -1,0 +1,216 @@
+"""An in-process vLLM engine as the policy's sampler, with weight sync after every iteration and a check of it.
+
+The engine lives in the training process (``VLLM_ENABLE_V1_MULTIPROCESSING=0`` is set unless the caller chose
+otherwise), so new weights go in without a restart:
+
+* single worker (the usual case; always on CPU): the policy's tensors are handed to vLLM's own
+  ``reload_weights`` as an in-memory iterator — no disk, no serialisation;
+* several workers (``tensor_parallel_size > 1``): tensors cannot cross the process boundary (they crash the
+  engine), so the weights are written as safetensors to a directory owned by the sampler and reloaded from there.
+
+After a sync the prefix cache is reset (its KV blocks were computed with the old weights). ``verify_sync``
+teacher-forces a fixed probe through the engine (``prompt_logprobs``) and through the policy and raises
+:class:`WeightSyncError` when the mean per-token log-prob difference exceeds the tolerance.
+
+Nash-MD's geometric mixture is *not* sampled here: a vLLM logits processor sees only the engine's own logits,
+and the reference model's logits would need a second model with its own KV cache per request inside the
+engine's step; ``LMPolicy.sample_mixture`` uses the transformers decoder (both KV caches on) instead.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from nashpref.sampling import SamplingConfig, TokenResponses, draw_seed, responses_from_lists
+
+__all__ = ["VLLMSampler", "WeightSyncError"]
+
+
+class WeightSyncError(RuntimeError):
+    """The engine's log-probs disagree with the policy's: it is not running the policy's weights."""
+
+
+class VLLMSampler:
+    """``sample(policy, contexts, n, generator)`` from a colocated ``vllm.LLM`` engine.
+
+    ``version`` counts syncs; a frozen policy remembers it and refuses to sample once the engine has moved on.
+    Engine options pass through: ``gpu_memory_utilization``, ``tensor_parallel_size``, ``enable_sleep_mode``
+    (the engine then sleeps after each ``sample`` and wakes for the next sync or sample), ``max_model_len`` and
+    any other ``vllm.LLM`` keyword in ``engine_kwargs``. On CPU ``kv_cache_memory_bytes`` defaults to 1 GiB and
+    ``enforce_eager`` to True.
+    """
+
+    def __init__(self, model: str, config: SamplingConfig | None = None, *, dtype: str = "auto", seed: int = 0,
+                 tolerance: float | None = None, probe_size: int = 4, gpu_memory_utilization: float = 0.5,
+                 tensor_parallel_size: int = 1, enable_sleep_mode: bool = False, sleep_level: int = 1,
+                 max_model_len: int | None = None, kv_cache_memory_bytes: int | None = None,
+                 enforce_eager: bool | None = None, engine_kwargs: dict | None = None):
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        from vllm import LLM
+
+        self.config = config or SamplingConfig()
+        on_gpu = torch.cuda.is_available()
+        if dtype == "auto":
+            dtype = "bfloat16" if on_gpu and torch.cuda.is_bf16_supported() else "float32"
+        self.dtype = dtype
+        self.tolerance = tolerance if tolerance is not None else (1e-3 if dtype == "float32" else 3e-2)
+        """Largest mean |Δ log-prob| per probe token that ``verify_sync`` accepts."""
+        self.probe_size = probe_size
+        self.enable_sleep_mode = enable_sleep_mode
+        self.sleep_level = sleep_level
+        kwargs = dict(engine_kwargs or {})
+        if not on_gpu:
+            kwargs.setdefault("kv_cache_memory_bytes", kv_cache_memory_bytes or 1 << 30)
+            kwargs.setdefault("enforce_eager", True if enforce_eager is None else enforce_eager)
+        else:
+            if kv_cache_memory_bytes is not None:
+                kwargs["kv_cache_memory_bytes"] = kv_cache_memory_bytes
+            if enforce_eager is not None:
+                kwargs["enforce_eager"] = enforce_eager
+        if max_model_len is not None:
+            kwargs["max_model_len"] = max_model_len
+        threads = torch.get_num_threads()
+        start = time.perf_counter()
+        self.llm = LLM(model, dtype=dtype, seed=seed, gpu_memory_utilization=gpu_memory_utilization,
+                       tensor_parallel_size=tensor_parallel_size, enable_sleep_mode=enable_sleep_mode, **kwargs)
+        self.start_seconds = time.perf_counter() - start
+        torch.set_num_threads(threads)           # vLLM's CPU worker lowers the process's torch threads
+        self.tensor_parallel_size = tensor_parallel_size
+        self.version = 0
+        self.last_sync_seconds = 0.0
+        self.last_verify_seconds = 0.0
+        self.last_verify_error = 0.0
+        self._asleep = False
+        self._probe: list[list[int]] | None = None
+        self._recent: list[list[int]] = []
+        self._weights_dir: tempfile.TemporaryDirectory | None = None
+
+    # ---- sampling -------------------------------------------------------------------------------------------
+    def sample(self, policy, contexts: Tensor, n: int, generator: torch.Generator | None = None) -> TokenResponses:
+        from vllm import SamplingParams
+
+        self._wake(policy)
+        seed = draw_seed(generator)
+        config = self.config
+        ids = [policy.prompt_ids[c] for c in contexts.tolist()]
+        params = [SamplingParams(n=n, temperature=config.temperature, top_p=config.top_p, top_k=config.top_k,
+                                 max_tokens=config.max_new_tokens, seed=seed + i, logprobs=0,
+                                 stop_token_ids=list(policy.eos_ids), detokenize=False)
+                  for i in range(len(ids))]
+        outputs = self.llm.generate([{"prompt_token_ids": row} for row in ids], params, use_tqdm=False)
+        sequences, logprobs = [], []
+        for out in outputs:
+            seqs = [list(c.token_ids) for c in out.outputs]
+            sequences.append(seqs)
+            logprobs.append([[step[token].logprob for step, token in zip(c.logprobs, c.token_ids)]
+                             for c in out.outputs])
+        self._recent = [row + seqs[0] for row, seqs in zip(ids, sequences)][: self.probe_size]
+        self._sleep()
+        return responses_from_lists(sequences, [policy.prompts[c] for c in contexts.tolist()], policy.tokenizer,
+                                    logprobs)
+
+    # ---- weight sync ----------------------------------------------------------------------------------------
+    def sync_weights(self, policy) -> float:
+        """Push ``policy``'s current weights (LoRA merged) into the engine; returns the seconds it took."""
+        start = time.perf_counter()
+        self._wake(policy, resync=False)
+        self._load(policy)
+        self.version += 1
+        self.last_sync_seconds = time.perf_counter() - start
+        return self.last_sync_seconds
+
+    def _load(self, policy) -> None:
+        state = policy.full_state()
+        if self._single_inprocess_worker():
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(state.items())})
+        else:
+            from safetensors.torch import save_file
+
+            if self._weights_dir is None:
+                self._weights_dir = tempfile.TemporaryDirectory(prefix="nashpref-vllm-weights-")
+            path = Path(self._weights_dir.name)
+            save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, path / "model.safetensors")
+            policy.model.config.to_json_file(path / "config.json")
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(path)})
+        self.llm.reset_prefix_cache()
+
+    def _single_inprocess_worker(self) -> bool:
+        core = getattr(self.llm.llm_engine, "engine_core", None)
+        executor = getattr(getattr(core, "engine_core", None), "model_executor", None)
+        return type(executor).__name__ == "UniProcExecutor"
+
+    # ---- verification ---------------------------------------------------------------------------------------
+    def engine_log_probs(self, sequences: list[list[int]]) -> list[list[float]]:
+        """Per-token log-probs of tokens 1… of each sequence under the engine's weights (teacher forcing)."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+        outputs = self.llm.generate([{"prompt_token_ids": s} for s in sequences], params, use_tqdm=False)
+        return [[out.prompt_logprobs[i][seq[i]].logprob for i in range(1, len(seq))]
+                for out, seq in zip(outputs, sequences)]
+
+    def verify_sync(self, policy, probe: list[list[int]] | None = None, tolerance: float | None = None) -> float:
+        """Mean |engine − policy| per-token log-prob on the probe; raises :class:`WeightSyncError` above the
+        tolerance. The default probe is fixed at the first call: the first prompts with a sampled response (or
+        the prompts alone when nothing was sampled yet)."""
+        start = time.perf_counter()
+        self._wake(policy)
+        if probe is None:
+            if self._probe is None:
+                self._probe = self._recent or [list(p) for p in policy.prompt_ids[: self.probe_size]]
+            probe = self._probe
+        engine = self.engine_log_probs(probe)
+        mine = policy_sequence_log_probs(policy, probe)
+        diffs = torch.cat([(torch.tensor(e) - m).abs() for e, m in zip(engine, mine)])
+        error, worst = diffs.mean().item(), diffs.max().item()
+        self.last_verify_error = error
+        self.last_verify_seconds = time.perf_counter() - start
+        limit = self.tolerance if tolerance is None else tolerance
+        if not error <= limit:
+            raise WeightSyncError(f"vLLM engine log-probs differ from the policy's by {error:.3g} per token on "
+                                  f"average ({worst:.3g} at most) on a {diffs.numel()}-token probe, above the "
+                                  f"tolerance {limit:g}: the engine is not running the policy's weights")
+        return error
+
+    # ---- sleep mode -----------------------------------------------------------------------------------------
+    def _sleep(self) -> None:
+        if self.enable_sleep_mode and not self._asleep:
+            self.llm.sleep(level=self.sleep_level)
+            self._asleep = True
+
+    def _wake(self, policy, resync: bool = True) -> None:
+        if not self._asleep:
+            return
+        if self.sleep_level >= 2:
+            # Level 2 dropped the weights: re-allocate them, reload the current ones, then the KV cache.
+            self.llm.wake_up(tags=["weights"])
+            if resync:
+                self._load(policy)
+            self.llm.wake_up(tags=["kv_cache"])
+        else:
+            self.llm.wake_up()
+        self._asleep = False
+
+    def close(self) -> None:
+        """Drop the engine (and the weights directory, if one was made)."""
+        self.llm = None
+        if self._weights_dir is not None:
+            self._weights_dir.cleanup()
+
+
+def policy_sequence_log_probs(policy, sequences: list[list[int]]) -> list[Tensor]:
+    """Per-token log-probs of tokens 1… of each sequence under the policy (no grad, float32)."""
+    live = getattr(policy, "live", policy)
+    with torch.no_grad():
+        result = []
+        for seq in sequences:
+            tokens = torch.tensor([seq[1:]], device=live.device)
+            values = live._token_log_probs([seq[:1]], tokens, torch.ones_like(tokens, dtype=torch.bool))
+            result.append(values[0].cpu())
+    return result

