@@ -66,7 +66,8 @@ def convergence_plot(path: Path, runs: dict[str, list[dict]], *, title: str, tau
     if reference is not None:
         handles.append(Line2D([], [], color="black", ls=":", lw=1.2))
         labels.append(_reference(axes, panels, reference, "exact π*_τ" if tau > 0 else "exact π*"))
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(4, len(labels)), fontsize="small")
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(2 * len(panels), len(labels)),
+               fontsize="small")
     fig.suptitle(title)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

@@ -123,7 +123,8 @@ def test_lora_policy_trains_only_the_adapter_and_saves_merged_weights(tiny_dir, 
     contexts, responses = torch.tensor([2, 0]), fixed_responses(policy)
     assert all("lora_" in name for name in policy.state_dict())
     base_q = reference.model.model.layers[0].self_attn.q_proj.weight
-    assert base_q.data_ptr() == policy.model.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight.data_ptr()
+    policy_q = policy.model.get_base_model().model.layers[0].self_attn.q_proj
+    assert base_q.data_ptr() == policy_q.base_layer.weight.data_ptr()        # shared, not copied
     plain = transformers.AutoModelForCausalLM.from_pretrained(tiny_dir / "policy", dtype=torch.float32)
     with torch.no_grad():
         plain_value = torch.tensor([[manual_log_prob(plain, policy.prompt_ids[c], r).item() for r in row]
@@ -149,3 +150,44 @@ def test_lora_policy_trains_only_the_adapter_and_saves_merged_weights(tiny_dir, 
 def test_missing_model_path_is_a_one_line_error(tmp_path):
     with pytest.raises(GameError, match="does not exist"):
         LMPolicy.from_pretrained(str(tmp_path / "nope"), PROMPTS)
+
+
+def test_tiny_model_is_deterministic_in_its_seed(tmp_path):
+    from safetensors.torch import load_file
+
+    from nashpref.tiny import make_tiny_model
+
+    small = {"dialogues": 100, "policy_steps": 3, "reward_steps": 3}
+    runs = [make_tiny_model(tmp_path / name, seed=seed, **small) for name, seed in (("a", 0), ("b", 0), ("c", 1))]
+    for part in ("policy", "reward"):
+        a, b, c = (load_file(run[part] / "model.safetensors") for run in runs)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        assert any(a[k].shape != c[k].shape or not torch.equal(a[k], c[k]) for k in a)
+
+
+def test_make_tiny_model_script_writes_the_contracted_directories(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "scripts" / "make_tiny_model.py"
+    subprocess.run([sys.executable, str(script), "--out", str(tmp_path), "--dialogues", "100",
+                    "--policy-steps", "2", "--reward-steps", "2", "--seed", "3"], check=True, capture_output=True)
+    policy = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "policy")
+    reward = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "reward")
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "policy")
+    assert policy.config.model_type == "llama" and reward.config.num_labels == 1
+    assert reward.config.pad_token_id == tok.pad_token_id is not None
+    assert tok.chat_template and tok.eos_token == "<|end|>" and len(tok) == policy.config.vocab_size
+
+
+def test_reference_from_another_path_must_share_the_tokenizer(tiny_dir, tmp_path):
+    from nashpref.tiny import make_tiny_model
+
+    policy, reference = LMPolicy.from_pretrained(str(tiny_dir / "policy"), PROMPTS, device="cpu",
+                                                 reference=str(tiny_dir / "policy"))
+    contexts, responses = torch.tensor([2, 0]), fixed_responses(policy)
+    torch.testing.assert_close(reference.log_prob(contexts, responses), policy.log_prob(contexts, responses).detach())
+    make_tiny_model(tmp_path, seed=1, dialogues=50, policy_steps=1, reward_steps=1)     # another tokenizer
+    with pytest.raises(GameError, match="tokenizer differs"):
+        LMPolicy.from_pretrained(str(tiny_dir / "policy"), PROMPTS, device="cpu", reference=str(tmp_path / "policy"))

@@ -102,6 +102,19 @@ def test_sync_through_a_weights_directory_also_works(policy, engine, monkeypatch
     assert engine.verify_sync(policy) < 1e-4
 
 
+def test_lora_policy_syncs_merged_weights(tiny_dir, engine):
+    policy, _ = LMPolicy.from_pretrained(str(tiny_dir / "policy"), PROMPTS, device="cpu", sampler=engine,
+                                         sampling=engine.config, verify_every_sync=False,
+                                         lora={"r": 4, "lora_alpha": 8, "target_modules": "all-linear"})
+    engine.sync_weights(policy)
+    assert engine.verify_sync(policy) < 1e-4
+    assert sgd_step(policy, lr=0.5) > 0.05
+    with pytest.raises(WeightSyncError):
+        engine.verify_sync(policy)
+    engine.sync_weights(policy)
+    assert engine.verify_sync(policy) < 1e-4
+
+
 def test_vllm_judge_reads_the_same_greedy_answers_as_transformers(tiny_dir):
     """A second in-process engine (the judge) next to the sampler's; greedy fp32 answers match transformers."""
     from nashpref.policies.lm import load_causal_lm, render_prompt

@@ -100,17 +100,19 @@ def test_average_iterate_meets_the_hedge_bound(name):
 def test_last_iterate_cycles_away_from_the_equilibrium():
     game = load_game("weighted-rps", tau=0.0)
     star = solve_equilibrium(game).policy     # (5/9, 1/3, 1/9), interior and unique
-    solver = SPPO()
-    log_pi, kls, gaps = game.log_mu, [], []
-    for t in range(solver.default_iterations(game)):
+    solver = SPPO()                           # default step η = 0.1
+    log_pi, total, kls, gaps = game.log_mu, torch.zeros(1, 3, dtype=f64), [], []
+    for t in range(10_000):
         log_pi = solver.step(game, log_pi, t)
+        total += log_pi.exp()
         kls.append(kl_divergence(star, log_pi.exp()).item())
         gaps.append(game.gap(log_pi.exp()).item())
     # With an interior NE, KL(π*‖π_{t+1}) − KL(π*‖π_t) = log E_{π_t} e^{ηPπ_t} − η/2 ≥ 0 (Jensen): it never shrinks.
-    assert np.all(np.diff(kls) >= -1e-15) and kls[-1] > 2 * kls[0]
-    assert min(gaps) >= 0.04 and gaps[-1] >= 0.1            # observed min 0.043, final 0.127
-    average = run_exact(game, solver).policies
-    assert game.gap(average).item() <= 0.02                  # while the average converges (observed 0.017)
+    assert np.all(np.diff(kls) >= -1e-15)
+    assert kls[-1] >= 2.5 * kls[0]                          # observed 0.162 → 0.432
+    assert min(gaps) >= 0.04                                  # observed min 0.043 (the last iterate never settles)
+    # the average still converges: Hedge bound 2(L/(ηT) + η/8) = 0.027 here; observed 0.0016
+    assert game.gap(total / 10_000).item() <= 0.027
 
 
 def minimise_expected_loss(pi, win_rate, eta):

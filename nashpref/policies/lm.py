@@ -67,7 +67,7 @@ class LMPolicy(torch.nn.Module):
         self.tokenizer = tokenizer
         self.prompts = list(prompts)
         self.prompt_ids = [render_prompt(tokenizer, p) for p in self.prompts]
-        self.sampling = sampling or SamplingConfig()
+        self.sampling = sampling or getattr(sampler, "config", None) or SamplingConfig()
         if sampler is None:
             from nashpref.sampling.hf import HFSampler
             sampler = HFSampler(self.sampling)
@@ -81,17 +81,25 @@ class LMPolicy(torch.nn.Module):
     # ---- construction ---------------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, name_or_path: str, prompts: Sequence[Prompt], *, device: str | None = None,
-                        dtype: str | torch.dtype = "auto", lora: dict | None = None,
+                        dtype: str | torch.dtype = "auto", lora: dict | None = None, reference: str | None = None,
                         trust_remote_code: bool = False, **kwargs) -> tuple["LMPolicy", "LMPolicy"]:
         """(policy, reference) from a model id or local path.
 
         ``dtype="auto"`` is bf16 on a bf16-capable GPU, else fp32. ``lora`` (peft ``LoraConfig`` keyword
         arguments, e.g. ``{"r": 8, "target_modules": "all-linear"}``) trains only an adapter; the reference then
-        shares the frozen base weights. Without LoRA the reference is a separate frozen copy.
+        shares the frozen base weights. Without LoRA the reference is a separate frozen copy. ``reference``
+        loads μ from another model id or path instead (it must use the same tokenizer).
         """
         model, tokenizer = load_causal_lm(name_or_path, device=device, dtype=dtype,
                                           trust_remote_code=trust_remote_code)
-        if lora is None:
+        if reference is not None:
+            reference_model, reference_tokenizer = load_causal_lm(reference, device=device, dtype=dtype,
+                                                                  trust_remote_code=trust_remote_code)
+            if reference_tokenizer.get_vocab() != tokenizer.get_vocab():
+                raise GameError(f"{reference}: the reference model's tokenizer differs from {name_or_path}'s")
+            if lora is not None:
+                model = _wrap_lora(model, lora)
+        elif lora is None:
             reference_model = copy.deepcopy(model)
         else:
             # Share every base tensor with the reference (no memory), then wrap only the policy with the adapter.

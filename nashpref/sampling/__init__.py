@@ -113,7 +113,7 @@ class TokenResponses:
         if isinstance(index, slice):
             prompts = tuple(self.prompts[index])
         else:
-            index = torch.as_tensor(index, dtype=torch.long)
+            index = torch.as_tensor(index, dtype=torch.long).reshape(-1)
             prompts = tuple(self.prompts[i] for i in index.tolist())
             index = index.to(self.tokens.device)
         return self._replace(self.tokens[index], self.mask[index], prompts,

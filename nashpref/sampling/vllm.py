@@ -75,12 +75,12 @@ class VLLMSampler:
                 kwargs["enforce_eager"] = enforce_eager
         if max_model_len is not None:
             kwargs["max_model_len"] = max_model_len
-        threads = torch.get_num_threads()
+        if enable_sleep_mode and not on_gpu:
+            raise ValueError("enable_sleep_mode needs a GPU: vLLM rejects sleep mode on CPU")
         start = time.perf_counter()
         self.llm = LLM(model, dtype=dtype, seed=seed, gpu_memory_utilization=gpu_memory_utilization,
                        tensor_parallel_size=tensor_parallel_size, enable_sleep_mode=enable_sleep_mode, **kwargs)
         self.start_seconds = time.perf_counter() - start
-        torch.set_num_threads(threads)           # vLLM's CPU worker lowers the process's torch threads
         self.tensor_parallel_size = tensor_parallel_size
         self.version = 0
         self.last_sync_seconds = 0.0

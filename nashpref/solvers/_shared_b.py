@@ -65,13 +65,6 @@ def require_samples(name: str, k: int, at_least: int = 2) -> None:
         raise GameError(f"{name}: needs at least {at_least} samples per context to compare, got samples={k}")
 
 
-def positive(value: float, field: str, name: str) -> float:
-    """``value`` as a float, or GameError if it is not a finite number > 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise GameError(f"{name}: {field} must be a finite number > 0, got {value!r}")
-    return float(value)
-
-
 def dpo_loss(log_ratio_chosen: Tensor, log_ratio_rejected: Tensor, beta: float,
              label_smoothing: float = 0.0) -> Tensor:
     """Per-pair (conservative) DPO loss −(1−ε) log σ(β(ℓ_w−ℓ_l)) − ε log σ(−β(ℓ_w−ℓ_l)), ℓ = log-ratio to the
@@ -79,10 +72,3 @@ def dpo_loss(log_ratio_chosen: Tensor, log_ratio_rejected: Tensor, beta: float,
     logit = beta * (log_ratio_chosen - log_ratio_rejected)
     return -(1.0 - label_smoothing) * F.logsigmoid(logit) - label_smoothing * F.logsigmoid(-logit)
 
-
-def round_tau(round: Any, name: str) -> float:
-    """The KL strength τ of the game a round belongs to (the loop sets ``round.tau``)."""
-    tau = getattr(round, "tau", None)
-    if tau is None:
-        raise GameError(f"{name}: the round carries no tau, but this solver's loss needs the KL strength")
-    return float(tau)

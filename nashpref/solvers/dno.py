@@ -33,9 +33,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from nashpref.game import GameError, PreferenceGame
-from nashpref.solvers._shared_b import (dpo_loss, hedge_horizon, hedge_step, positive, preference_matrix,
+from nashpref.solvers._shared_b import (dpo_loss, hedge_horizon, hedge_step, preference_matrix,
                                         require_samples, take)
 from nashpref.solvers.base import Batch, Policy, Round, Solver, SolverConfig, register
+from nashpref.solvers.common import check_number
 
 SAMPLED_ETA = 1.0
 
@@ -76,14 +77,14 @@ class DNO(Solver):
     def inverse_step(self, game: PreferenceGame) -> float:
         if self.config.eta is None:
             return 1.0 / hedge_step(game, self.default_iterations(game))
-        return positive(self.config.eta, "eta", self.name)
+        return check_number(self.config.eta, "eta", self.name)
 
     def step(self, game: PreferenceGame, log_pi: Tensor, t: int) -> Tensor:
         return torch.log_softmax(log_pi + game.win_rates(log_pi.exp()) / self.inverse_step(game), dim=-1)
 
     # ---- sampled training ----------------------------------------------------------------------------------
     def sampled_eta(self) -> float:
-        return SAMPLED_ETA if self.config.eta is None else positive(self.config.eta, "eta", self.name)
+        return SAMPLED_ETA if self.config.eta is None else check_number(self.config.eta, "eta", self.name)
 
     def collect(self, round: Round) -> Batch:
         k = round.samples

@@ -40,8 +40,9 @@ import torch
 from torch import Tensor
 
 from nashpref.game import GameError, PreferenceGame
-from nashpref.solvers._shared_b import positive, preference_matrix, require_samples, round_tau
+from nashpref.solvers._shared_b import preference_matrix, require_samples
 from nashpref.solvers.base import Batch, Policy, Round, Solver, SolverConfig, register
+from nashpref.solvers.common import check_number, round_tau
 
 MAX_DEFAULT_ITERATIONS = 200_000
 GAP_DECADES = 10        # default budget: the local rate (1 − ητ)^t shrinks the gap by 10^-10
@@ -79,7 +80,7 @@ class INPO(Solver):
             if tau <= 0:
                 raise GameError(f"{where}: inpo needs tau > 0 (it solves the regularised game), got tau={tau!r}")
             return default_eta(tau)
-        eta = positive(self.config.eta, "eta", self.name)
+        eta = check_number(self.config.eta, "eta", self.name)
         if eta * tau > 1:
             raise GameError(f"{where}: inpo needs eta·tau ≤ 1, got eta={eta!r}, tau={tau!r}")
         return eta

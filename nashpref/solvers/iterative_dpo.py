@@ -39,8 +39,9 @@ import torch
 from torch import Tensor
 
 from nashpref.game import GameError, PreferenceGame
-from nashpref.solvers._shared_b import dpo_loss, preference_matrix, require_samples, round_tau, take
+from nashpref.solvers._shared_b import dpo_loss, preference_matrix, require_samples, take
 from nashpref.solvers.base import Batch, Policy, Round, Solver, SolverConfig, register
+from nashpref.solvers.common import round_tau
 
 TINY_WEIGHT = 1e-150     # floor on π: keeps the fit defined where π underflowed, and w_i·w_j clear of denormals (slow)
 MAX_NEWTON_STEP = 0.5   # sup-norm cap of one Newton step on the scores

@@ -29,9 +29,9 @@ import torch
 from torch import Tensor
 
 from nashpref.game import PreferenceGame
-from nashpref.solvers._shared_b import (hedge_horizon, hedge_step, positive, preference_matrix, require_samples,
-                                       take)
+from nashpref.solvers._shared_b import hedge_horizon, hedge_step, preference_matrix, require_samples, take
 from nashpref.solvers.base import Batch, Policy, Round, Solver, SolverConfig, register
+from nashpref.solvers.common import check_number
 
 SAMPLED_ETA = 1.0
 
@@ -69,7 +69,7 @@ class SPPO(Solver):
     def step_size(self, game: PreferenceGame) -> float:
         if self.config.eta is None:
             return hedge_step(game, self.default_iterations(game))
-        return positive(self.config.eta, "eta", self.name)
+        return check_number(self.config.eta, "eta", self.name)
 
     def step(self, game: PreferenceGame, log_pi: Tensor, t: int) -> Tensor:
         return torch.log_softmax(log_pi + self.step_size(game) * game.win_rates(log_pi.exp()), dim=-1)
@@ -89,6 +89,6 @@ class SPPO(Solver):
     def loss(self, batch: Batch, policy: Policy) -> tuple[Tensor, dict[str, float]]:
         log_prob = policy.log_prob(batch["contexts"], batch["responses"])
         previous = batch["log_prob_previous"].to(log_prob)
-        eta = SAMPLED_ETA if self.config.eta is None else positive(self.config.eta, "eta", self.name)
+        eta = SAMPLED_ETA if self.config.eta is None else check_number(self.config.eta, "eta", self.name)
         loss = sppo_loss(log_prob, previous, batch["win_rate"].to(log_prob), eta).mean()
         return loss, {"log_ratio": (log_prob - previous).mean().item()}
