@@ -1,4 +1,4 @@
-"""The ``nashpref`` command line (tyro): ``equilibrium``, ``solve`` and ``games``.
+"""The ``nashpref`` command line (tyro): ``equilibrium``, ``solve``, ``games``, ``train`` and ``fit-preference``.
 
 The solver choices and every solver's own options (``--<solver>.<field>``) are built from
 ``nashpref.solvers.REGISTRY``; this module knows no solver by name. Bad input of any kind ends in one line
@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from nashpref.equilibrium import solve_equilibrium
 from nashpref.exact import run_exact
+from nashpref.fit_preference import FitPreferenceConfig, run_fit_preference
 from nashpref.game import GameError, PreferenceGame
 from nashpref.gamefile import games_dir, list_games, load_game
 from nashpref.outputs import (check_output_dir, equilibrium_result, solve_result, staged_output, summary_row,
@@ -29,6 +30,7 @@ from nashpref.outputs import (check_output_dir, equilibrium_result, solve_result
 from nashpref.plots import convergence_plot
 from nashpref.sampled import SampledConfig, run_sampled, validate_config
 from nashpref.solvers import REGISTRY, Solver
+from nashpref.train import build_train_command, quiet_library_progress, run_train
 
 EXIT_BAD_INPUT = 2
 DESCRIPTION = ("nashpref: Nash learning from human feedback. Exact equilibria of preference games, every solver's "
@@ -123,7 +125,8 @@ def build_solve_command() -> type:
 
 
 def commands() -> dict[str, type]:
-    return {"equilibrium": Equilibrium, "solve": build_solve_command(), "games": Games}
+    return {"equilibrium": Equilibrium, "solve": build_solve_command(), "games": Games,
+            "train": build_train_command(), "fit-preference": FitPreferenceConfig}
 
 
 # ---- parsing: tyro's error boxes become one line ------------------------------------------------------------------
@@ -351,8 +354,31 @@ def policy_table(game: PreferenceGame, policies, gaps, limit: int = 10, width: i
     return text
 
 
+# ---- language models ---------------------------------------------------------------------------------------------
+def run_train_command(cmd) -> int:
+    quiet_library_progress()
+    result = run_train(cmd)
+    last = result.rows[-1] if result.rows else {}
+    shown = ", ".join(f"{key} {last[key]:.4g}" for key in ("loss", "win_rate_vs_reference", "kl_to_reference")
+                      if isinstance(last.get(key), (int, float)))
+    print(f"trained {result.iterations} iterations in {result.seconds:.1f} s{': ' + shown if shown else ''}; "
+          f"wrote {result.final}")
+    return 0
+
+
+def run_fit_preference_command(cmd: FitPreferenceConfig) -> int:
+    quiet_library_progress()
+    result = run_fit_preference(cmd)
+    last = result.rows[-1]
+    shown = ", ".join(f"{key} {last[key]:.4g}" for key in ("train_loss_after", "validation_loss",
+                                                           "validation_accuracy") if key in last)
+    print(f"fitted {len(result.rows) - 1} epochs: {shown}; wrote {result.out}")
+    return 0
+
+
 # ---- entry point -------------------------------------------------------------------------------------------------
-RUNNERS: dict[str, Callable] = {"Equilibrium": run_equilibrium, "Solve": run_solve, "Games": run_games}
+RUNNERS: dict[str, Callable] = {"Equilibrium": run_equilibrium, "Solve": run_solve, "Games": run_games,
+                                "Train": run_train_command, "FitPreferenceConfig": run_fit_preference_command}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

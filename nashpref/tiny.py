@@ -7,7 +7,8 @@
   samples are short sentences that end with the end-of-turn token (variable-length responses exercise masks);
 * ``out/reward`` — ``LlamaForSequenceClassification`` (``num_labels=1``) regressed onto a synthetic score:
   the share of "warm" words minus the share of "cold" words in the response, so a Bradley–Terry oracle over it
-  has a real, learnable preference.
+  has a real, learnable preference;
+* ``out/prompts.jsonl`` — prompts from the same grammar, one ``{"prompt": …}`` per line, for ``nashpref train``.
 
 Everything is a function of ``seed`` (and the sizes): the corpus, the tokenizer, the initial weights and the
 training batches.
@@ -146,7 +147,8 @@ def _train_reward(model, tokenizer, rows: list[tuple[str, float]], steps: int, r
 
 def make_tiny_model(out: str | Path, seed: int = 0, sizes: TinySizes = TinySizes(), dialogues: int = 1000,
                     policy_steps: int = 120, reward_steps: int = 150) -> dict[str, Path]:
-    """Write ``out/policy`` and ``out/reward``; returns their paths. Deterministic in ``seed`` and the sizes."""
+    """Write ``out/policy``, ``out/reward`` and ``out/prompts.jsonl`` (64 prompts); returns their paths.
+    Deterministic in ``seed`` and the sizes."""
     from transformers import LlamaForCausalLM, LlamaForSequenceClassification
 
     out = Path(out)
@@ -174,4 +176,19 @@ def make_tiny_model(out: str | Path, seed: int = 0, sizes: TinySizes = TinySizes
                       reward_steps, rng)
         reward.save_pretrained(paths["reward"], safe_serialization=True)
         tokenizer.save_pretrained(paths["reward"])
+    paths["prompts"] = write_prompts(out / "prompts.jsonl", PROMPT_COUNT, random.Random(seed + 1))
     return paths
+
+
+PROMPT_COUNT = 64
+
+
+def write_prompts(path: Path, count: int, rng: random.Random) -> Path:
+    """A JSONL prompt file ({"prompt": …} per line) from the tiny model's grammar, for `nashpref train`."""
+    import json
+
+    adjectives = WARM + COLD + NEUTRAL
+    rows = [{"prompt": rng.choice(PROMPTS).format(adj=rng.choice(adjectives), noun=rng.choice(NOUNS))}
+            for _ in range(count)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path

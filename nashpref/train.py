@@ -42,12 +42,12 @@ from torch import Tensor
 
 from nashpref.checkpoint import load_checkpoint, save_checkpoint
 from nashpref.game import GameError
-from nashpref.outputs import jsonable, read_jsonl, write_json, write_jsonl
+from nashpref.outputs import jsonable, write_json, write_jsonl
 from nashpref.selfplay import self_play, split_batch
 from nashpref.solvers import REGISTRY, Solver
 
-__all__ = ["TrainConfig", "TrainResult", "run_train", "build_train_command", "make_solver", "main_train",
-           "validate_config", "load_train_checkpoint"]
+__all__ = ["TrainConfig", "TrainResult", "run_train", "build_train_command", "make_solver", "validate_config",
+           "load_train_checkpoint", "quiet_library_progress"]
 
 
 @dataclasses.dataclass
@@ -636,29 +636,17 @@ def make_vllm_engine(config: TrainConfig):
 
 
 def load_policies(config: TrainConfig, prompts: list, sampler) -> tuple[Any, Any]:
-    """(policy, reference) LMPolicies over ``prompts``; the reference is frozen."""
-    from nashpref.policies.lm import LMPolicy, load_causal_lm
+    """(policy, reference) LMPolicies over ``prompts``; the reference is frozen (see LMPolicy.from_pretrained)."""
+    from nashpref.policies.lm import LMPolicy
 
     lora = None
     if config.lora_rank > 0:
         modules = config.lora_target_modules
         lora = {"r": config.lora_rank, "lora_alpha": config.lora_alpha or 2 * config.lora_rank,
                 "target_modules": modules if modules == "all-linear" else [m.strip() for m in modules.split(",")]}
-    options = dict(sampler=sampler, sampling=sampling_config(config), verify_every_sync=False)
-    if config.reference is None or lora is not None:
-        policy, reference = LMPolicy.from_pretrained(config.policy, prompts, device=config.device,
-                                                     dtype=config.dtype, lora=lora, **options)
-    else:
-        model, tokenizer = load_causal_lm(config.policy, device=config.device, dtype=config.dtype)
-        policy = LMPolicy(model, tokenizer, prompts, **options)
-    if config.reference is not None:
-        model, tokenizer = load_causal_lm(config.reference, device=config.device, dtype=config.dtype)
-        if tokenizer.get_vocab() != policy.tokenizer.get_vocab():
-            raise GameError(f"--reference {config.reference}: its tokenizer differs from the policy's; the KL "
-                            "term compares token log-probs, so both must share one vocabulary")
-        model.requires_grad_(False)
-        reference = LMPolicy(model, policy.tokenizer, prompts, sampling=policy.sampling)
-    return policy, reference
+    return LMPolicy.from_pretrained(config.policy, prompts, device=config.device, dtype=config.dtype, lora=lora,
+                                    reference=config.reference, sampler=sampler, sampling=sampling_config(config),
+                                    verify_every_sync=False)
 
 
 def probe_oracle(oracle, policy, spec: str, seed: int) -> None:
@@ -666,14 +654,14 @@ def probe_oracle(oracle, policy, spec: str, seed: int) -> None:
     Python hook that returns garbage fails here, as one line."""
     contexts = torch.tensor([0])
     responses = policy.sample(contexts, 2, torch.Generator().manual_seed(seed))
-    try:
-        p = oracle.prefer(contexts, responses.take(torch.tensor([[0]])), responses.take(torch.tensor([[1]])))
+    try:    # two pairs, (y₀, y₁) and (y₁, y₀): a function that ignores how many pairs it got fails here
+        p = oracle.prefer(contexts, responses.take(torch.tensor([[0, 1]])), responses.take(torch.tensor([[1, 0]])))
     except GameError:
         raise
     except Exception as exc:  # the oracle may be user code: any failure must be one line naming it
         raise GameError(f"--preference {spec}: failed on a probe pair: {type(exc).__name__}: {exc}") from None
-    if not isinstance(p, Tensor) or p.shape != (1, 1) or not (0.0 <= float(p) <= 1.0):
-        raise GameError(f"--preference {spec}: returned {p!r} for one pair; expected a (1, 1) probability")
+    if not isinstance(p, Tensor) or p.shape != (1, 2) or not bool(((p >= 0) & (p <= 1)).all()):
+        raise GameError(f"--preference {spec}: returned {p!r} for two pairs; expected two probabilities")
 
 
 def check_out(config: TrainConfig, described: dict) -> None:
@@ -716,17 +704,18 @@ def run_train(config: TrainConfig, solver: Solver | None = None, *, engine=None,
     from nashpref.data import load_prompts
     from nashpref.preferences.text import load_text_oracle
 
+    from nashpref.policies.lm import _check_model_path
+
+    for model in (config.policy, config.reference):
+        if model is not None:
+            _check_model_path(model)                 # cheap checks first, and before vLLM's own errors
     prompts = load_prompts(config.prompts, config.prompt_column, config.prompt_split, config.max_prompts)
     train_rows, heldout_rows = split_prompts(prompts, config.heldout, config.seed)
     ordered = [prompts[i] for i in train_rows + heldout_rows]
-    oracle = load_text_oracle(config.preference, device=config.device,
-                              dtype=config.dtype if config.dtype != "auto" else "auto")
+    oracle = load_text_oracle(config.preference, device=config.device, dtype=config.dtype)
     clock = Clock()
     sampler = None
     if kind == "vllm":
-        from nashpref.policies.lm import _check_model_path
-
-        _check_model_path(config.policy)             # a clear error before the engine's own
         sampler = SyncedSampler(engine if engine is not None else make_vllm_engine(config), clock,
                                 config.verify_sync)
     policy, reference = load_policies(config, ordered, sampler)
@@ -855,40 +844,14 @@ def _progress_bar(total: int, done: int, name: str, enabled: bool):
                 disable=None if enabled else True, leave=False, dynamic_ncols=True)
 
 
-def read_metrics(out: Path) -> list[dict]:
-    """The rows of OUT/metrics.jsonl."""
-    return read_jsonl(out / "metrics.jsonl")
+def quiet_library_progress() -> None:
+    """For the command line: its own progress bar is the only one; transformers' loading / saving bars and
+    datasets' bars are switched off."""
+    if importlib.util.find_spec("transformers") is not None:
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()
+    if importlib.util.find_spec("datasets") is not None:
+        import datasets
 
-# ---- command line (until nashpref.cli grows a `train` subcommand) ------------------------------------------------
-def main_train(argv: Sequence[str] | None = None) -> int:
-    """``nashpref train`` as a function: 0 on success, 2 with one ``error: …`` line on bad input."""
-    import contextlib
-    import io
-
-    import tyro
-
-    from nashpref.cli import summarise_tyro_error
-
-    argv = sys.argv[1:] if argv is None else list(argv)
-    captured = io.StringIO()
-    try:
-        try:
-            with contextlib.redirect_stderr(captured):
-                config = tyro.cli(build_train_command(), args=argv, prog="nashpref train")
-        except SystemExit as stop:
-            if stop.code not in (0, None):
-                raise GameError(summarise_tyro_error(captured.getvalue())) from None
-            sys.stderr.write(captured.getvalue())
-            return 0
-        sys.stderr.write(captured.getvalue())
-        result = run_train(config)
-    except (GameError, OSError) as err:
-        print("error: " + " ".join(str(err).split()), file=sys.stderr)
-        return 2
-    last = result.rows[-1] if result.rows else {}
-    summary = ", ".join(f"{key} {last[key]:.4g}" for key in ("loss", "win_rate_vs_reference", "kl_to_reference")
-                        if isinstance(last.get(key), (int, float)))
-    print(f"trained {result.iterations} iterations in {result.seconds:.1f} s{': ' + summary if summary else ''}; "
-          f"wrote {result.final}")
-    return 0
+        datasets.disable_progress_bars()

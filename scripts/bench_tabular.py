@@ -158,7 +158,7 @@ def machine() -> dict:
 def stamp(args) -> dict:
     return {"command": "python " + " ".join([os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:]),
             "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "load_before": list(os.getloadavg()), "quick": args.quick}
+            "load_before": list(os.getloadavg()), "quick": args.quick, "torch_threads": torch.get_num_threads()}
 
 
 # ---- (a) exact equilibrium --------------------------------------------------------------------------------------
@@ -250,6 +250,9 @@ def part_a(args) -> dict:
             policy, seconds = run_with_timeout(nashpy_equilibrium, ("lemke_howson", A), args.nashpy_timeout)
             unregularised.append(lp_row(game, n, "nashpy lemke_howson", seconds, 1, policy, args.nashpy_timeout))
             lemke_howson_ok = policy is not None   # it cycles without end beyond N≈15: skip larger N
+        else:
+            unregularised.append({"n": n, "method": "nashpy lemke_howson", "seconds": None, "repeats": 0,
+                                  "timeout": None, "skipped": "not attempted: no result at a smaller N"})
         print(f"(a) τ=0 N={n} done", flush=True)
     n = args.enumeration_n
     game = random_game(n, 0.0)
@@ -278,10 +281,11 @@ def report_a(part: dict) -> str:
     for r in part["regularised"]:
         rows.append([r["n"], r["tau"], fmt_s(r["ours_seconds"]), fmt_gap(r["ours_gap"]),
                      fmt_s(r["cvxpy_seconds"]), fmt_s(r["cvxpy_solver_seconds"]), fmt_gap(r["cvxpy_gap"]),
-                     f"{r['speedup']:.1f}×", f"{r['cvxpy_solver_seconds'] / r['ours_seconds']:.1f}×",
-                     r["ours_steps"], r["repeats"]])
+                     f"{r['speedup']:.3g}×", f"{r['cvxpy_solver_seconds'] / r['ours_seconds']:.2g}×",
+                     f"{r['l1_ours_vs_cvxpy']:.1e}", r["ours_steps"], r["repeats"]])
     text = [md_table(["N", "τ", "ours", "ours gap", "cvxpy (wall)", "CLARABEL solve", "cvxpy gap",
-                      "speed-up (wall)", "speed-up (solve only)", "ours EG+Newton steps", "repeats"], rows)]
+                      "speed-up (wall)", "speed-up (solve only)", "‖π_ours − π_cvxpy‖₁", "ours EG+Newton steps",
+                      "repeats"], rows)]
     big = [r for r in part["regularised"] if r["n"] == max(x["n"] for x in part["regularised"])]
     met = [r for r in big if r["speedup"] >= 10 and r["ours_gap"] <= 1e-12]
     speedups = ", ".join(f"τ={r['tau']:g}: {r['speedup']:.1f}×" for r in big)
@@ -292,7 +296,7 @@ def report_a(part: dict) -> str:
     rows = []
     for r in part["unregularised"]:
         if r["seconds"] is None:
-            status = f"no result within {r['timeout']:g} s"
+            status = r.get("skipped") or f"no result within {r['timeout']:g} s"
             rows.append([r["n"], r["method"], status, "–", "–", r["repeats"], ""])
             continue
         found = r.get("equilibria_found")
@@ -305,17 +309,18 @@ def report_a(part: dict) -> str:
 
 
 # ---- (b) the EGPO table ------------------------------------------------------------------------------------------
-def egpo_variants(game: PreferenceGame, tau: float, budget: int, lr: float) -> list[tuple[str, str, dict]]:
-    """(solver, setting, config overrides): every solver with its defaults, then the §6.4 step where it maps."""
+def egpo_variants(game: PreferenceGame, tau: float, budget: int, lr: float) -> list[tuple[str, str, dict, str]]:
+    """(solver, setting, config overrides, the step used): every solver with its defaults, then the §6.4 step
+    where it maps onto the solver's parameter."""
     eta = 4.0 * lr / (game.num_actions * tau)       # one SGD step on the online-IPO-1 loss = one OMD step (§6.2)
-    variants = [(name, "defaults", {}) for name in REGISTRY]
-    variants += [("egpo", f"§6.4: η = 4·lr/(N·τ) = {eta:.3g}", {"eta": eta}),
-                 ("inpo", f"§6.4: η = 4·lr/(N·τ) = {eta:.3g}", {"eta": eta}),
-                 ("nash-md", f"§6.4: constant η = {eta:.3g}", {"eta": eta}),
-                 ("online-ipo", f"§6.4: lr = {lr:g}", {"lr": lr})]
-    step = hedge_step(game, budget)
-    variants += [("sppo", f"Hedge step for T={budget}: η = {step:.3g}", {"eta": step}),
-                 ("dno", f"Hedge step for T={budget}: η = 1/{step:.3g}", {"eta": 1.0 / step})]
+    hedge = hedge_step(game, budget)
+    variants = [(name, "defaults", {}, "") for name in REGISTRY]
+    variants += [("egpo", "§6.4: η = 4·lr/(N·τ)", {"eta": eta}, f"η={eta:.3g}"),
+                 ("inpo", "§6.4: η = 4·lr/(N·τ)", {"eta": eta}, f"η={eta:.3g}"),
+                 ("nash-md", "§6.4: constant η = 4·lr/(N·τ)", {"eta": eta}, f"η={eta:.3g}"),
+                 ("online-ipo", "§6.4: lr", {"lr": lr}, f"lr={lr:g}"),
+                 ("sppo", "Hedge step √(8L/T) for the budget T", {"eta": hedge}, f"η={hedge:.3g}"),
+                 ("dno", "Hedge step √(8L/T) for the budget T", {"eta": 1.0 / hedge}, f"η=1/{hedge:.3g}")]
     return [v for v in variants if v[0] in REGISTRY]
 
 
@@ -324,16 +329,17 @@ def part_b(args) -> dict:
     rows, curves = [], {}
     for tau, budget, lr in configs:
         game = load_game("egpo-random", tau=tau)
-        for name, setting, overrides in egpo_variants(game, tau, budget, lr):
+        for name, setting, overrides, step in egpo_variants(game, tau, budget, lr):
             cls = REGISTRY[name]
             solver = cls(dataclasses.replace(cls.Config(), **overrides))
             iterations = budget if name != "iterative-dpo" else min(budget, args.itdpo_rounds)
             run = run_exact(game, solver, iterations, log_points=100)
             gap = game.gap(run.policies)
             half = [m for m in run.metrics if m["iteration"] <= iterations // 2]
-            rows.append({"tau": tau, "budget": budget, "lr": lr, "solver": name, "setting": setting,
+            rows.append({"tau": tau, "budget": budget, "lr": lr, "solver": name, "setting": setting, "step": step,
                          "iterate": solver.iterate, "iterations": iterations, "seconds": run.seconds,
                          "gap_mean": gap.mean().item(), "gap_max": gap.max().item(),
+                         "gap0_max": game.gap(run.policies, tau=0.0).max().item(),
                          "gap_max_at_half": half[-1]["gap"] if half else None})
             curves[f"{tau}|{name}|{setting}"] = [(m["iteration"], m["gap"]) for m in run.metrics]
             print(f"(b) τ={tau} {name} [{setting}]: gap mean {gap.mean():.2e} max {gap.max():.2e} "
@@ -365,7 +371,9 @@ def report_b(part: dict) -> str:
     taus = sorted({r["tau"] for r in part["rows"]}, reverse=True)
     keys = list(dict.fromkeys((r["solver"], r["setting"]) for r in part["rows"]))
     by_key = {(r["solver"], r["setting"], r["tau"]): r for r in part["rows"]}
-    headers = ["solver", "setting", "iterate"] + [f"τ={t:g} ({next(r['iterations'] for r in part['rows'] if r['tau'] == t and r['solver'] == 'egpo')} it.)" for t in taus]
+    budgets = {r["tau"]: (r["budget"], r["lr"]) for r in part["rows"]}
+    headers = ["solver", "setting", "iterate"] + [f"τ={t:g} ({budgets[t][0]} it., §6.4 lr {budgets[t][1]:g})"
+                                                  for t in taus]
     rows = []
     for solver, setting in keys:
         cells = []
@@ -377,6 +385,8 @@ def report_b(part: dict) -> str:
             cell = f"{fmt_gap(r['gap_mean'])} / {fmt_gap(r['gap_max'])}"
             if r["iterations"] != r["budget"]:
                 cell += f" ({r['iterations']} rounds)"
+            if r["step"]:
+                cell += f" ({r['step']})"
             cells.append(cell)
         iterate = next(r["iterate"] for r in part["rows"] if r["solver"] == solver)
         rows.append([solver, setting, iterate] + cells)
@@ -390,6 +400,14 @@ def report_b(part: dict) -> str:
                         for r in part["rows"] if r["tau"] == t and r["gap_max"] <= 1e-6})
         reached.append(f"τ={t:g}: {', '.join(names) if names else 'none'}")
     text.append("\nReached max gap ≤ 1e-6 within the budget — " + "; ".join(reached) + ".")
+    averaged = [key for key in keys if not REGISTRY[key[0]].needs_tau]
+    if averaged:
+        text.append("\nSPPO and DNO solve the unregularised game (they ignore τ), so their τ-gap cannot reach 0. Their "
+                    "average iterate's unregularised gap Gap₀ (max over the 10 games):\n")
+        text.append(md_table(["solver", "setting"] + [f"τ={t:g} budget" for t in taus],
+                             [[solver, setting] + [fmt_gap(by_key[(solver, setting, t)]["gap0_max"])
+                                                   if (solver, setting, t) in by_key else "–" for t in taus]
+                              for solver, setting in averaged]))
     return "\n".join(text)
 
 
@@ -399,42 +417,40 @@ def part_c(args) -> dict:
     game = random_game(n, tau, contexts=contexts)
     probe = PreferenceGame.create(game.P[:64], game.mu[:64], tau)
     repeats = args.repeats or (10 if args.quick else 50)
-    states, extrapolated = {}, {}
+    fast, slow, extrapolated = {}, {}, {}
     for name, cls in REGISTRY.items():
         solver = cls()
         if too_slow(solver, game, args.slow_step):
-            extrapolated[name] = solver
+            extrapolated[name] = (solver, solver.init(probe))
             continue
         log_pi = solver.init(game)
         for t in range(3):                              # move off μ so every step does its general work
+            start = time.perf_counter()
             log_pi = solver.step(game, log_pi, t)
-        states[name] = (solver, log_pi)
-    x = game.mu.unsqueeze(-1).contiguous()
-    contenders = {"bmm": lambda: torch.bmm(game.P, x)}
-    for name, (solver, log_pi) in states.items():
-        contenders[name] = (lambda s=solver, lp=log_pi: s.step(game, lp, 10))
-    for fn in contenders.values():
-        fn()
-    times, _ = side_by_side(contenders, repeats)
-    bmm = median(times["bmm"])
-    rows = [{"solver": name, "contexts": contexts, "seconds": median(times[name]), "ratio": median(times[name]) / bmm,
-             "bmm_per_step": count_bmm(lambda: solver.step(game, log_pi, 10)),
-             "profile": top_ops(lambda: solver.step(game, log_pi, 10))}
-            for name, (solver, log_pi) in states.items()]
-    if extrapolated:                                      # measured on 64 contexts against a 64-context bmm
-        xs = probe.mu.unsqueeze(-1).contiguous()
-        small = {"bmm": lambda: torch.bmm(probe.P, xs)}
-        for name, solver in extrapolated.items():
-            lp = solver.init(probe)
-            small[name] = (lambda s=solver, lp=lp: s.step(probe, lp, 10))
-        small_times, _ = side_by_side(small, max(3, repeats // 10))
-        small_bmm = median(small_times["bmm"])
-        for name, solver in extrapolated.items():
-            lp = solver.init(probe)
-            rows.append({"solver": name, "contexts": 64, "seconds": median(small_times[name]),
-                         "ratio": median(small_times[name]) / small_bmm,
-                         "bmm_per_step": count_bmm(lambda: solver.step(probe, lp, 10)),
-                         "profile": top_ops(lambda: solver.step(probe, lp, 10))})
+            seconds = time.perf_counter() - start
+        (slow if seconds > 0.5 else fast)[name] = (solver, log_pi)
+    rows = []
+    bmm = None
+    # fast steps: many rounds side by side with the bare bmm; slow ones (> 0.5 s): 3 rounds each
+    for group, size_game, group_repeats in ((fast, game, repeats), (slow, game, 3), (extrapolated, probe, 3)):
+        if not group:
+            continue
+        x = size_game.mu.unsqueeze(-1).contiguous()
+        contenders = {"bmm": lambda g=size_game, x=x: torch.bmm(g.P, x)}
+        for name, (solver, log_pi) in group.items():
+            contenders[name] = (lambda s=solver, g=size_game, lp=log_pi: s.step(g, lp, 10))
+        if group is fast:
+            for fn in contenders.values():
+                fn()
+        times, _ = side_by_side(contenders, group_repeats)
+        group_bmm = median(times["bmm"])
+        bmm = group_bmm if group is fast else bmm
+        for name, (solver, log_pi) in group.items():
+            step = (lambda s=solver, g=size_game, lp=log_pi: s.step(g, lp, 10))
+            rows.append({"solver": name, "contexts": size_game.num_contexts, "seconds": median(times[name]),
+                         "bmm_seconds": group_bmm, "ratio": median(times[name]) / group_bmm,
+                         "repeats": group_repeats, "bmm_per_step": count_bmm(step),
+                         "profile": top_ops(step, calls=5 if group is fast else 1)})
     for r in rows:
         print(f"(c) {r['solver']}: {r['seconds'] * 1e3:.2f} ms = {r['ratio']:.2f}× bmm "
               f"(C={r['contexts']})", flush=True)
@@ -469,31 +485,34 @@ def count_bmm(fn: Callable[[], Any]) -> int:
     return calls[0]
 
 
-def top_ops(fn: Callable[[], Any], k: int = 4) -> list[list]:
-    """The ``k`` torch ops with the most self CPU time in one call of ``fn``: [name, ms, calls]."""
+def top_ops(fn: Callable[[], Any], k: int = 4, calls: int = 5) -> list[list]:
+    """The ``k`` torch ops with the most self CPU time per call of ``fn`` (averaged over ``calls`` calls):
+    [name, ms per call of fn, op calls per call of fn]."""
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        fn()
+        for _ in range(calls):
+            fn()
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:k]
-    return [[e.key, e.self_cpu_time_total / 1e3, e.count] for e in events]
+    return [[e.key, e.self_cpu_time_total / 1e3 / calls, e.count // calls] for e in events]
 
 
 def report_c(part: dict) -> str:
     rows = []
     for r in part["rows"]:
         where = "" if r["contexts"] == part["contexts"] else \
-            f" (one C={part['contexts']} step ran past {part['slow_step']:g} s; measured at C={r['contexts']} " \
-            f"against a C={r['contexts']} bmm)"
-        verdict = "✓" if r["ratio"] <= 2 else f"✗ ({r['ratio'] / 2:.2g}× over)"
-        ops = ", ".join(f"{name} {ms:.2f} ms×{count}" for name, ms, count in r["profile"])
-        rows.append([r["solver"] + where, f"{r['seconds'] * 1e3:.2f} ms", f"{r['ratio']:.2f}×", verdict,
-                     r["bmm_per_step"], ops])
-    head = (f"C={part['contexts']} × N={part['actions']}, τ={part['tau']}, float64; one bare torch.bmm "
-            f"({part['contexts']}×{part['actions']}×{part['actions']} @ {part['contexts']}×{part['actions']}×1) "
-            f"= {part['bmm_seconds'] * 1e3:.2f} ms (median of {part['repeats']}, measured side by side with the "
-            "solver steps, after a warm-up).\n\n")
-    return head + md_table(["solver", "ms per step", "÷ bmm", "≤ 2×?", "bmm per step", "top ops by self CPU time "
-                            "(one profiled step)"], rows)
+            f" (one C={part['contexts']} step ran past {part['slow_step']:g} s; measured at C={r['contexts']})"
+        verdict = "✓" if r["ratio"] <= 2 else f"✗ ({r['ratio'] / 2:.3g}× over)"
+        ops = ", ".join(f"{name} {ms:.2f} ms ×{count}" for name, ms, count in r["profile"])
+        per_eval = f"{r['ratio'] / r['bmm_per_step']:.2f}×" if r["bmm_per_step"] else "–"
+        rows.append([r["solver"] + where, fmt_s(r["seconds"]), fmt_s(r["bmm_seconds"]), f"{r['ratio']:.2f}×",
+                     verdict, r["bmm_per_step"], per_eval, r["repeats"], ops])
+    head = (f"C={part['contexts']} × N={part['actions']}, τ={part['tau']}, float64, exact dynamics (`solver.step`) "
+            f"from the 4th iterate on. The bare bmm is {part['contexts']}×{part['actions']}×{part['actions']} @ "
+            f"{part['contexts']}×{part['actions']}×1, timed in the same round robin as the steps of its row "
+            "(medians, after a warm-up); steps slower than 0.5 s get 3 rounds.\n\n")
+    return head + md_table(["solver", "per step", "bmm", "÷ bmm", "≤ 2×?", "bmm per step",
+                            "÷ (bmm × bmm per step)", "repeats", "top ops by self CPU time per step (torch.profiler)"],
+                           rows)
 
 
 # ---- (d) sampled mode -------------------------------------------------------------------------------------------
@@ -501,9 +520,10 @@ def part_d(args) -> dict:
     from nashpref.sampled import SampledConfig, run_sampled
     iterations = 200 if args.quick else args.sampled_iterations
     seeds = list(range(args.sampled_seeds))
-    runs = []
+    runs, start_gaps = [], {}
     for game_name in SAMPLED_GAMES:
         game = load_game(game_name, tau=0.1)
+        start_gaps[game_name] = game.gap(game.mu).max().item()
         for name, cls in REGISTRY.items():
             for seed in seeds:
                 config = SampledConfig(iterations=iterations, samples=args.samples, labels=args.labels,
@@ -522,7 +542,7 @@ def part_d(args) -> dict:
                       f"{rows[-1]['queries']} queries", flush=True)
     plot_d(Path(args.out) / "sampled_queries.png", runs)
     return {"iterations": iterations, "samples": args.samples, "labels": args.labels, "lr": args.sampled_lr,
-            "optimizer": "adam", "seeds": seeds, "tau": 0.1, "runs": runs}
+            "optimizer": "adam", "seeds": seeds, "tau": 0.1, "runs": runs, "start_gaps": start_gaps}
 
 
 def queries_to_reach(rows: list[dict], threshold: float) -> int | None:
@@ -580,7 +600,8 @@ def report_d(part: dict) -> str:
                 cells.append(cell)
             final = statistics.median(r["rows"][-1]["gap"] for r in mine)
             best = statistics.median(min(row["gap"] for row in r["rows"]) for r in mine)
-            rows.append([game_name, name] + cells + [fmt_gap(final), fmt_gap(best),
+            rows.append([f"{game_name} (gap at μ: {fmt_gap(part['start_gaps'][game_name])})", name] + cells
+                        + [fmt_gap(final), fmt_gap(best),
                          f"{mine[0]['rows'][-1]['queries']:,}"])
     head = (f"τ = 0.1, {part['iterations']} iterations, K = {part['samples']} samples per context, "
             f"{part['labels']} labels, Adam lr = {part['lr']}, 1 epoch × 1 minibatch per iteration, every solver "
@@ -613,7 +634,8 @@ def write_report(out: Path, results: dict) -> None:
         lines += [f"## {TITLES[part]}", "",
                   f"`{info['stamp']['command']}` — {info['stamp']['date']}, load average "
                   f"{info['stamp']['load_before'][0]:.1f} before / {info['stamp']['load_after'][0]:.1f} after, "
-                  f"{info['stamp']['seconds']:.0f} s.", "", REPORTERS[part](info["result"]), ""]
+                  f"{info['stamp']['seconds']:.0f} s, {info['stamp']['torch_threads']} torch thread(s).", "",
+                  REPORTERS[part](info["result"]), ""]
     (out / "tabular.md").write_text("\n".join(lines))
 
 
@@ -640,6 +662,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--sampled-lr", type=float, default=0.01, help="(d) Adam learning rate")
     args = parser.parse_args(argv)
     args.out = args.out or ("bench/quick" if args.quick else "bench")
+    if args.quick:
+        args.nashpy_timeout, args.slow_step = min(args.nashpy_timeout, 5.0), min(args.slow_step, 5.0)
+        args.enumeration_n = min(args.enumeration_n, 6)
     return args
 
 

@@ -1,4 +1,5 @@
-"""Write a tiny Llama policy (DIR/policy) and a reward model (DIR/reward) that share a tokenizer trained on the spot.
+"""Write a tiny Llama policy (DIR/policy) and a reward model (DIR/reward) that share a tokenizer trained on the spot,
+and DIR/prompts.jsonl for `nashpref train`.
 
     python scripts/make_tiny_model.py --out DIR [--seed 0] [--sizes.hidden 64 ...]
 
@@ -37,7 +38,7 @@ def main() -> None:
     start = time.perf_counter()
     paths = make_tiny_model(args.out, seed=args.seed, sizes=args.sizes, dialogues=args.dialogues,
                             policy_steps=args.policy_steps, reward_steps=args.reward_steps)
-    print(f"wrote {paths['policy']} and {paths['reward']} in {time.perf_counter() - start:.1f} s")
+    print(f"wrote {paths['policy']}, {paths['reward']} and {paths['prompts']} in {time.perf_counter() - start:.1f} s")
 
 
 if __name__ == "__main__":

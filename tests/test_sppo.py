@@ -12,10 +12,11 @@ from torch.testing import assert_close
 
 from nashpref.equilibrium import solve_equilibrium
 from nashpref.exact import run_exact
-from nashpref.game import PreferenceGame, kl_divergence
+from nashpref.game import GameError, PreferenceGame, kl_divergence
 from nashpref.gamefile import load_game
 from nashpref.policies.tabular import TabularPolicy
 from nashpref.preferences.matrix import MatrixOracle
+from nashpref.sampled import SampledConfig, run_sampled
 from nashpref.selfplay import SelfPlayRound
 from nashpref.solvers._shared_b import hedge_log_range
 from nashpref.solvers.sppo import SPPO, Config, sppo_loss
@@ -65,7 +66,6 @@ def test_collect_builds_win_rates_with_the_self_term_and_queries_each_pair_once(
 
 
 def test_solver_loss_is_the_mean_of_the_pure_loss():
-    game = load_game("weighted-rps")
     policy = TabularPolicy(torch.log(torch.tensor([[0.5, 0.25, 0.25]], dtype=f64)))
     batch = {"contexts": torch.tensor([0]), "responses": torch.tensor([[0, 1]]),
              "win_rate": torch.tensor([[0.75, 0.25]], dtype=f64),
@@ -164,3 +164,22 @@ def test_population_minimiser_is_close_to_the_mw_step():
             mw = torch.softmax(torch.log(pi) + eta * wr, -1)
             worst = max(worst, (minimiser - mw).abs().sum().item())
         assert 1e-4 <= worst <= bias_bound
+
+
+def test_sampled_training_reaches_the_unregularised_equilibrium_on_weighted_rps():
+    """K = 8 samples per round, the K×K matrix, the squared loss, Adam (lr 1e-3, one step per round). Measured
+    Gap₀ of the average iterate over seeds 0–4: 0.014, 0.010, 0.012, 0.018, 0.013."""
+    game = load_game("weighted-rps")          # the file's τ = 0.1 plays no part: SPPO solves the τ = 0 game
+    config = SampledConfig(iterations=6000, samples=8, lr=1e-3, optimizer="adam", seed=0)
+    run = run_sampled(game, SPPO(), config)
+    assert game.gap(run.policies, tau=0.0).item() <= 0.02
+
+
+def test_bad_options_are_one_line_errors():
+    game = load_game("weighted-rps")
+    with pytest.raises(GameError, match="target_gap must lie in"):
+        SPPO(Config(target_gap=0.0)).default_iterations(game)
+    with pytest.raises(GameError, match="pairs must be"):
+        SPPO(Config(pairs="some")).collect(scripted_round(game, torch.tensor([[0, 1]])))
+    with pytest.raises(GameError, match="eta"):
+        SPPO(Config(eta=-1.0)).step(game, game.log_mu, 0)

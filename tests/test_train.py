@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,8 @@ from conftest_lm import tiny_dir  # noqa: F401  (fixture)
 from nashpref.game import GameError
 from nashpref.outputs import read_jsonl
 from nashpref.solvers import REGISTRY
-from nashpref.train import AccumulatingSolver, TrainConfig, main_train, run_train
+from nashpref.cli import main
+from nashpref.train import AccumulatingSolver, TrainConfig, run_train
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 TRAIN_PROMPTS, HELDOUT, SAMPLES, EVAL_SAMPLES, TAU = 6, 2, 2, 2, 0.1
@@ -87,7 +89,7 @@ def first_loss(solver: str, preferences: list[float]) -> float | None:
     return None                     # Nash-MD-PG's loss needs log π(y); EGPO's is taken at θ_{t+½}
 
 
-def check_run(out: Path, solver: str, rows: list[dict], iterations: int = 2) -> None:
+def check_run(out: Path, solver: str, rows: list[dict], iterations: int = 2, sampler: str = "hf") -> None:
     """What every run must write, checked against the hand-derived truths above."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -108,8 +110,10 @@ def check_run(out: Path, solver: str, rows: list[dict], iterations: int = 2) -> 
             assert row[key] >= 0.0
     heldout_rows = {r["prompt_row"] for r in read_jsonl(out / "rounds" / "iteration-0001.jsonl")}
     assert len(heldout_rows) == TRAIN_PROMPTS            # only training prompts are ever queried
-    # π_0 = μ and both answer with the same seed: at iteration 1 the two baselines are the same responses.
-    assert rows[0]["win_rate_vs_previous"] == rows[0]["win_rate_vs_reference"]
+    if sampler == "hf":
+        # π_0 = μ and both answer through transformers with the same seed: at iteration 1 the two baselines are
+        # the same responses. (With vLLM, π_t answers through the engine and μ through transformers.)
+        assert rows[0]["win_rate_vs_previous"] == rows[0]["win_rate_vs_reference"]
     expected = first_loss(solver, [r["preference"] for r in read_jsonl(out / "rounds" / "iteration-0001.jsonl")])
     if expected is not None:
         assert rows[0]["loss"] == pytest.approx(expected, rel=1e-4, abs=1e-6)
@@ -201,7 +205,7 @@ def test_solvers_train_with_the_vllm_sampler_and_the_engine_ends_on_the_final_we
     out = tmp_path / "run"
     result = run_train(make_config(tiny_dir, prompts_file, out, solver, sampler="vllm"), engine=engine,
                        progress=False)
-    check_run(out, solver, result.rows)
+    check_run(out, solver, result.rows, sampler="vllm")
     assert all(row["sync_seconds"] > 0.0 for row in result.rows)
     # The engine holds π_2, synced for the last evaluation: its log-probs are the written final model's, and no
     # longer the initial policy's.
@@ -216,8 +220,8 @@ def test_solvers_train_with_the_vllm_sampler_and_the_engine_ends_on_the_final_we
 # ---- resume ------------------------------------------------------------------------------------------------------------
 def resume_config(tiny, prompts, out, **options):
     # Every random path of the loop: prompts drawn per round, shuffled minibatches, Bernoulli labels, the mixture.
-    return make_config(tiny, prompts, out, "nash-md", iterations=3, prompts_per_round=4, minibatches=2,
-                       labels="bernoulli", **options)
+    settings = dict(iterations=3, prompts_per_round=4, minibatches=2, labels="bernoulli")
+    return make_config(tiny, prompts, out, "nash-md", **(settings | options))
 
 
 def comparable(rows: list[dict]) -> list[dict]:
@@ -284,6 +288,13 @@ def crashes(prompts, a, b):
 def bad_inputs(tiny: Path, prompts: Path, tmp: Path) -> dict[str, tuple[list[str], str]]:
     hooks = tmp / "hooks.py"
     hooks.write_text(HOOKS, encoding="utf-8")
+    other_vocabulary = tmp / "other-vocabulary"      # the policy's weights with one token added to its tokenizer
+    shutil.copytree(tiny / "policy", other_vocabulary)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(other_vocabulary)
+    tokenizer.add_tokens(["<|extra|>"])
+    tokenizer.save_pretrained(other_vocabulary)
     text = tmp / "text.jsonl"
     text.write_text('{"text": "hello"}\n' * 4, encoding="utf-8")
     return {
@@ -301,7 +312,7 @@ def bad_inputs(tiny: Path, prompts: Path, tmp: Path) -> dict[str, tuple[list[str
         "heldout too large": (["--heldout", "8"], "needs more prompts"),
         "zero samples": (["--samples", "0"], "--samples must be an integer >= 1"),
         "tau zero for nash-md": (["--solver", "nash-md", "--tau", "0"], "needs --tau > 0"),
-        "reference vocabulary": (["--reference", str(tiny / "reward")], "reference"),
+        "reference vocabulary": (["--reference", str(other_vocabulary)], "tokenizer differs"),
     }
 
 
@@ -312,7 +323,7 @@ def test_bad_input_is_one_error_line_exit_2_and_nothing_written(tiny_dir, prompt
             "--samples", "2", "--max-new-tokens", "4", "--iterations", "1"]
     for name, (args, message) in cases.items():
         out = tmp_path / name.replace(" ", "-")
-        code = main_train(base + args + ["--out", str(out)])
+        code = main(["train"] + base + args + ["--out", str(out)])
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2, name
         assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], (name, err)
@@ -324,10 +335,10 @@ def test_an_existing_run_is_not_overwritten_without_resume(tiny_dir, prompts_fil
     argv = ["--policy", str(tiny_dir / "policy"), "--preference", "rule:warm", "--prompts", str(prompts_file),
             "--solver", "sppo", "--sampler", "hf", "--heldout", "2", "--samples", "2", "--max-new-tokens", "4",
             "--iterations", "1", "--eval-samples", "2", "--out", str(out)]
-    assert main_train(argv) == 0
+    assert main(["train"] + argv) == 0
     assert "trained 1 iterations" in capsys.readouterr().out
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
-    assert main_train(argv) == 2
+    assert main(["train"] + argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "--resume" in err
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before

@@ -4,7 +4,7 @@
   started at μ has regret R_T ≤ L/η + ηT/8 against every pure response (payoffs in [0, 1], Hoeffding's lemma),
   with L = log(1/min μ). In self-play ⟨π_t, Pπ_t⟩ = ½, so the unregularised gap of the average iterate is exactly
   2 R_T / T. The step η = √(8L/T) therefore guarantees Gap₀(π̄_T) ≤ √(2L/T).
-* The K×K preference matrix of a round's samples, querying each unordered pair once.
+* The K×K preference matrix of a round's samples, querying each unordered pair once, and the DPO loss.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from nashpref.game import GameError, PreferenceGame
 
 
 def hedge_log_range(game: PreferenceGame) -> float:
-    """L = log(1/min μ): the prior-weight term of the Hedge regret bound (log N for uniform μ)."""
+    """L = log(1/min μ), the prior-weight term of the Hedge regret bound (log N for uniform μ); at least log 2,
+    so a one-action game still gets a positive horizon."""
     return max(-math.log(game.mu.min().item()), math.log(2.0))
 
 
@@ -37,7 +38,8 @@ def hedge_step(game: PreferenceGame, horizon: int) -> float:
 
 
 def take(responses: Any, index: Tensor) -> Any:
-    """Pick responses along K with a (B, M) index: tabular ids gather, LM response objects provide ``take``."""
+    """Pick responses along K with a (B, M) index, like ``nashpref.selfplay.take``; that one cannot be imported
+    here, since the loop imports the solver package."""
     if isinstance(responses, Tensor):
         return responses.gather(1, index)
     return responses.take(index)

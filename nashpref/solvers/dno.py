@@ -21,6 +21,12 @@ r_t. Two variants:
 * ``prct`` (DNO-Prct, Algorithm 2, §7.2): the best vs the worst of K by win-rate. A pair is kept only if the
   win-rates differ by at least ``margin``. It is trained with the DPO loss −log σ(η(ℓ_w − ℓ_l)) against π_t.
   The paper's teacher ("gold") outputs are not modelled.
+
+On tabular policies (tests/test_dno.py), with Adam and one step per round, η only rescales the gradient, so the
+sampled default η = 1 is neutral. Soft variant, K = 8, Adam lr 1e-3, 6000 rounds:
+* weighted-rps: Gap₀(π̄) = 0.010–0.018 over 5 seeds.
+* egpo-random: 0.57 in the worst context. This is the same on-policy limit as SPPO: actions that are no longer
+  sampled cannot recover.
 """
 
 from __future__ import annotations
@@ -33,8 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from nashpref.game import GameError, PreferenceGame
-from nashpref.solvers._shared_b import (dpo_loss, hedge_horizon, hedge_step, preference_matrix,
-                                        require_samples, take)
+from nashpref.solvers._shared_b import dpo_loss, hedge_horizon, hedge_step, preference_matrix, require_samples, take
 from nashpref.solvers.base import Batch, Policy, Round, Solver, SolverConfig, register
 from nashpref.solvers.common import check_number
 
@@ -53,7 +58,8 @@ def dno_soft_loss(log_ratio_1: Tensor, log_ratio_2: Tensor, reward_1: Tensor, re
 class Config(SolverConfig):
     eta: float | None = None
     """Inverse step η of π_{t+1} ∝ π_t exp(r_t/η) (the paper's KL-to-π_t weight). None: exact dynamics use the
-    Hedge-optimal √(T/(8 log(1/min μ))) for the default horizon T; sampled training uses 1.0."""
+    Hedge-optimal √(T/(8 log(1/min μ))) for the default horizon T. Sampled training uses 1.0, which is
+    neutral under Adam with one step per round. In the loss, η multiplies the log-ratios, as DPO's β does."""
     target_gap: float = 0.05
     """The default horizon is the smallest T whose Hedge bound √(2 log(1/min μ)/T) on the average iterate's
     unregularised gap is at most this."""
@@ -100,7 +106,8 @@ class DNO(Solver):
         pair = take(responses, index)
         best_worst = reward.gather(1, index)
         spread = best_worst[:, 0] - best_worst[:, 1]
-        keep = (spread > 0) & (spread >= self.config.margin)
+        margin = check_number(self.config.margin, "margin", self.name, high=1.0, low_open=False)
+        keep = (spread > 0) & (spread >= margin)
         return {"contexts": round.contexts, "responses": pair, "keep": keep.to(torch.float64),
                 "log_prob_previous": round.log_prob(pair, "previous")}
 

@@ -10,16 +10,17 @@ It converges to the **regularised** equilibrium π*_τ; the **last iterate** is 
 *Proven* (the paper, recalled and not checked against the PDF): INPO is no-regret, so the average iterate
 converges to π*_τ. The ICLR version also claims last-iterate convergence.
 
-*Derived here, which fixes the default step.* Write A = P − ½ (skew) and D = diag π* − π*π*ᵀ. In log space
-the map's Jacobian at π* is (1−ητ)I + ηAD. Its eigenvalues are (1−ητ) ± iηω, where the ω are real eigenvalues of
-the skew matrix D^½AD^½, and |ω| ≤ ½. So the last iterate converges locally and linearly when
+*Derived here, which fixes the default step.* Write A = P − ½ (skew) and D = diag π* − π*π*ᵀ. In log space,
+modulo constant shifts, the map's Jacobian at π* is (1−ητ)I + ηAD. Its eigenvalues are (1−ητ) ± iηω, where the
+ω are real eigenvalues of the skew matrix D^½AD^½, and |ω| ≤ ½. So the last iterate converges locally and linearly when
 η < 2τ/(τ² + ω²). The default η = τ/(τ² + ¼) guarantees |λ|² ≤ 1 − ητ, so the gap shrinks like (1 − ητ)^t.
-The constant step 1/(τ+1) breaks this condition for small τ: at τ = 0.01 it never converges.
+The constant step 1/(τ+1) breaks this condition for small τ. On egpo-random at τ = 0.01 it is still at gap
+0.82 after 3000 steps.
 
-*Observed* (tests/test_inpo.py, benchmarks). With the default, the last iterate reaches gap ≤ 1e-12 within 300
-steps at τ = 0.1, and within 30 000 steps at τ = 0.01. ητ = τ²/(τ² + ¼), so the iteration count grows like 1/τ².
-The default budget, 23/(ητ) steps, is capped at 200 000. That cap is too small from τ ≈ 0.005 downwards: use
-egpo there.
+*Observed* (tests/test_inpo.py). With the default, the last iterate reaches gap ≤ 1e-12 within 600 steps at
+τ = 0.1. At τ = 0.01 it reaches ≤ 1e-9 within 33 000 steps and machine precision within the default budget.
+ητ = τ²/(τ² + ¼), so the iteration count grows like 1/τ². The default budget, 23/(ητ) steps, is capped at 200 000.
+That cap is too small from τ ≈ 0.005 downwards: use egpo there.
 
 **Sampled training** (§5.2). Pairs y, y' ~ π_t. With h_t = Δ_θ − ητ·Δ_μ − (1−ητ)·Δ_t, where Δ_m is the log-ratio
 log m(y) − log m(y'), the loss is
@@ -29,6 +30,11 @@ log m(y) − log m(y'), the loss is
 P is the exact preference (soft labels), or a Bernoulli label in {0, 1}, which gives the hard-label loss
 (h_t(y_w, y_l) − η/2)². Its minimiser over all policies, with exact expectations, is exactly the mirror step
 above (tests/test_inpo.py). Every pair of the round's K samples is used.
+
+On tabular policies (K = 8, Adam lr 0.02, one step per round, 1000 rounds at τ = 0.1), the last iterate reaches
+gap ≤ 0.012 on weighted-rps and ≤ 0.016 on egpo-random over 5 seeds. With Bernoulli labels (lr 0.005, 2000
+rounds) it reaches ≤ 0.0023 and ≤ 0.0077. With Adam, η only rescales the first-step gradient. The gradient's
+stationary point does not depend on η: P(y ≻ π) − ½ = τ(log π/μ − E_π log π/μ), i.e. π*_τ.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from torch import Tensor
 from nashpref.game import GameError, PreferenceGame
 from nashpref.solvers._shared_b import preference_matrix, require_samples
 from nashpref.solvers.base import Batch, Policy, Round, Solver, SolverConfig, register
-from nashpref.solvers.common import check_number, round_tau
+from nashpref.solvers.common import check_number, require_tau, round_tau
 
 MAX_DEFAULT_ITERATIONS = 200_000
 GAP_DECADES = 10        # default budget: the local rate (1 − ητ)^t shrinks the gap by 10^-10
@@ -75,24 +81,24 @@ class INPO(Solver):
     iterate = "last"
     needs_tau = True
 
-    def step_size(self, tau: float, where: str) -> float:
+    def step_size(self, tau: float) -> float:
+        """η for a game of strength τ > 0 (the caller checks τ)."""
         if self.config.eta is None:
-            if tau <= 0:
-                raise GameError(f"{where}: inpo needs tau > 0 (it solves the regularised game), got tau={tau!r}")
             return default_eta(tau)
         eta = check_number(self.config.eta, "eta", self.name)
         if eta * tau > 1:
-            raise GameError(f"{where}: inpo needs eta·tau ≤ 1, got eta={eta!r}, tau={tau!r}")
+            raise GameError(f"{self.name}: needs eta·tau ≤ 1 (the step's weight on π_t is 1 − ητ), got "
+                            f"eta={eta!r}, tau={tau!r}")
         return eta
 
     def default_iterations(self, game: PreferenceGame) -> int:
-        rate = self.step_size(game.tau, game.name) * game.tau
-        if rate <= 0:
-            return MAX_DEFAULT_ITERATIONS
+        tau = require_tau(game, self.name)
+        rate = self.step_size(tau) * tau
         return min(math.ceil(GAP_DECADES * math.log(10) / rate), MAX_DEFAULT_ITERATIONS)
 
     def step(self, game: PreferenceGame, log_pi: Tensor, t: int) -> Tensor:
-        return game.mirror_step(log_pi, game.win_rates(log_pi.exp()), self.step_size(game.tau, game.name))
+        eta = self.step_size(require_tau(game, self.name))
+        return game.mirror_step(log_pi, game.win_rates(log_pi.exp()), eta)
 
     # ---- sampled training ----------------------------------------------------------------------------------
     def collect(self, round: Round) -> Batch:
@@ -109,7 +115,7 @@ class INPO(Solver):
     def loss(self, batch: Batch, policy: Policy) -> tuple[Tensor, dict[str, float]]:
         log_prob = policy.log_prob(batch["contexts"], batch["responses"])
         tau = batch["tau"]
-        eta = self.step_size(tau, self.name)
+        eta = self.step_size(tau)
         k = log_prob.shape[-1]
         i, j = torch.triu_indices(k, k, offset=1)
 
