@@ -146,7 +146,8 @@ def load_preference_rows(spec: str, prompt_column: str = "prompt", a_column: str
     except GameError:
         raise
     except Exception as exc:  # datasets raises many types; the user needs one line naming the source
-        raise GameError(f"{spec}: could not read preference rows: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise GameError(f"{spec}: could not read preference rows: {first_line}") from None
     columns = {"prompt": prompt_column, "a": a_column, "b": b_column, "label": label_column}
     for role, column in columns.items():
         if column not in ds.column_names:

@@ -13,6 +13,7 @@ Policies are (C, N) probability tensors; everything here is float64 and works on
 from __future__ import annotations
 
 import math
+from functools import cached_property
 from dataclasses import dataclass, replace
 
 import torch
@@ -100,8 +101,8 @@ class PreferenceGame:
     def num_actions(self) -> int:
         return self.P.shape[-1]
 
-    @property
-    def log_mu(self) -> Tensor:
+    @cached_property
+    def log_mu(self) -> Tensor:  # cached: every solver step needs it
         return torch.log(self.mu)
 
     # ---- exact quantities ---------------------------------------------------------------------------------

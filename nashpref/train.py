@@ -200,6 +200,22 @@ def make_solver(config: TrainConfig) -> Solver:
     return solver
 
 
+def check_solver_options(solver: Solver, tau: float, samples: int) -> None:
+    """Run the solver's ``collect`` and ``loss`` once on a 3-action tabular game: every check a solver makes of
+    its options (and of K) fires here, before anything is written, instead of in the first round."""
+    from nashpref.game import PreferenceGame
+    from nashpref.policies.tabular import TabularPolicy
+    from nashpref.preferences.matrix import MatrixOracle
+    from nashpref.selfplay import SelfPlayRound
+
+    game = PreferenceGame.create([[0.5, 0.7, 0.2], [0.3, 0.5, 0.6], [0.8, 0.4, 0.5]], [0.5, 0.3, 0.2], tau)
+    policy = TabularPolicy(game.log_mu.clone())
+    generator = torch.Generator().manual_seed(0)
+    batch = solver.collect(SelfPlayRound(policy.frozen(), TabularPolicy(game.log_mu).frozen(), MatrixOracle(game),
+                                         torch.arange(1), samples, True, generator, tau))
+    solver.loss(batch, policy)
+
+
 def validate_config(config: TrainConfig) -> None:
     """Raise GameError (one line naming the option) for any option out of range."""
     def integer(name: str, low: int, allow_none: bool = False) -> None:
@@ -697,6 +713,7 @@ def run_train(config: TrainConfig, solver: Solver | None = None, *, engine=None,
     """
     validate_config(config)
     solver = solver if solver is not None else make_solver(config)
+    check_solver_options(solver, config.tau, config.samples)
     described = describe_config(config, solver)
     check_out(config, described)
     kind = sampler_kind(config)
@@ -718,6 +735,7 @@ def run_train(config: TrainConfig, solver: Solver | None = None, *, engine=None,
     if kind == "vllm":
         sampler = SyncedSampler(engine if engine is not None else make_vllm_engine(config), clock,
                                 config.verify_sync)
+    torch.manual_seed(config.seed)              # a LoRA adapter's initial weights come from the global RNG
     policy, reference = load_policies(config, ordered, sampler)
     probe_oracle(oracle, policy, config.preference, config.seed)
 

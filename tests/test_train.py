@@ -62,7 +62,7 @@ def weights(directory: Path) -> dict[str, torch.Tensor]:
     return load_file(directory / "model.safetensors")
 
 
-# ---- hand-derived truths -----------------------------------------------------------------------------------------
+# ---- hand-derived truths --------------------------------------------------------------------------------------------
 # (responses sampled, preference queries) per prompt and iteration, from each solver's sampling plan with K samples
 PLAN = {
     "sppo": lambda k: (k, k * (k - 1) // 2),              # K from π_t, every unordered pair once
@@ -78,7 +78,7 @@ PLAN = {
 def first_loss(solver: str, preferences: list[float]) -> float | None:
     """The loss at θ = π_t = μ (every log-ratio 0) from the round's preferences (K = 2: one pair per prompt)."""
     p = torch.tensor(preferences, dtype=torch.float64)
-    if solver == "sppo":            # (P̂(y) − ½)², P̂ = row mean of [[½, p], [1−p, ½]]: both rows give (p − ½)/2
+    if solver == "sppo":            # (P̂(y) − ½)², P̂ = row means of [[½, p], [1−p, ½]]: both give ± (p − ½)/2
         return (((p - 0.5) / 2) ** 2).mean().item()
     if solver == "online-ipo":      # (0 − (p − ½)/τ)²
         return (((p - 0.5) / TAU) ** 2).mean().item()
@@ -181,7 +181,7 @@ def test_gradient_accumulation_gives_the_full_batch_gradient():
         assert full.abs().sum() > 0
 
 
-# ---- vLLM sampler ------------------------------------------------------------------------------------------------------
+# ---- vLLM sampler ---------------------------------------------------------------------------------------------------
 VLLM_SOLVERS = ["sppo", "egpo", "nash-md"] if HAS_VLLM else []
 
 
@@ -217,7 +217,7 @@ def test_solvers_train_with_the_vllm_sampler_and_the_engine_ends_on_the_final_we
         engine.verify_sync(initial, probe=probe)
 
 
-# ---- resume ------------------------------------------------------------------------------------------------------------
+# ---- resume ---------------------------------------------------------------------------------------------------------
 def resume_config(tiny, prompts, out, **options):
     # Every random path of the loop: prompts drawn per round, shuffled minibatches, Bernoulli labels, the mixture.
     settings = dict(iterations=3, prompts_per_round=4, minibatches=2, labels="bernoulli")
@@ -269,7 +269,27 @@ def test_resume_ends_with_the_weights_of_an_uninterrupted_run(stop, tiny_dir, pr
     assert [p.name for p in (out / "checkpoints").iterdir() if p.is_dir()] == ["iteration-0003"]
 
 
-# ---- bad input -----------------------------------------------------------------------------------------------------------
+def test_lora_trains_only_the_adapted_layers_and_resumes_exactly(tiny_dir, prompts_file, tmp_path):
+    """With LoRA on every linear layer but the LM head, the merged final model differs from the base in exactly
+    the 2 layers × 7 adapted projections; μ stays the base (KL > 0); a resume restores the adapter bit for bit."""
+    options = dict(solver="online-ipo", iterations=2, lora_rank=4, lr=1e-2)
+    whole = run_train(make_config(tiny_dir, prompts_file, tmp_path / "whole", **options), progress=False)
+    run_train(make_config(tiny_dir, prompts_file, tmp_path / "resumed", **(options | {"iterations": 1})),
+              progress=False)
+    run_train(make_config(tiny_dir, prompts_file, tmp_path / "resumed", resume=True, **options), progress=False)
+    base, final = weights(tiny_dir / "policy"), weights(tmp_path / "whole" / "final")
+    changed = sorted(name for name in base if not torch.equal(base[name], final[name]))
+    adapted = [f"model.layers.{i}.self_attn.{p}.weight" for i in range(2) for p in ("q_proj", "k_proj", "v_proj",
+                                                                                    "o_proj")]
+    adapted += [f"model.layers.{i}.mlp.{p}.weight" for i in range(2) for p in ("gate_proj", "up_proj", "down_proj")]
+    assert changed == sorted(adapted)
+    assert whole.rows[-1]["kl_to_reference"] > 0.0
+    assert (tmp_path / "whole" / "checkpoints" / "iteration-0002" / "adapter.safetensors").is_file()
+    resumed = weights(tmp_path / "resumed" / "final")
+    assert all(torch.equal(resumed[name], final[name]) for name in final)
+
+
+# ---- bad input ------------------------------------------------------------------------------------------------------
 HOOKS = '''
 def words(prompts, a, b):
     return ["yes"] * len(a)
@@ -312,6 +332,8 @@ def bad_inputs(tiny: Path, prompts: Path, tmp: Path) -> dict[str, tuple[list[str
         "heldout too large": (["--heldout", "8"], "needs more prompts"),
         "zero samples": (["--samples", "0"], "--samples must be an integer >= 1"),
         "tau zero for nash-md": (["--solver", "nash-md", "--tau", "0"], "needs --tau > 0"),
+        "solver option": (["--solver", "nash-md", "--nash-md.mixture", "2"], "mixture must be a finite number"),
+        "one sample for sppo": (["--samples", "1"], "needs at least 2 samples"),
         "reference vocabulary": (["--reference", str(other_vocabulary)], "tokenizer differs"),
     }
 

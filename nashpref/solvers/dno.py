@@ -27,6 +27,7 @@ sampled default η = 1 is neutral. Soft variant, K = 8, Adam lr 1e-3, 6000 round
 * weighted-rps: Gap₀(π̄) = 0.010–0.018 over 5 seeds.
 * egpo-random: 0.57 in the worst context. This is the same on-policy limit as SPPO: actions that are no longer
   sampled cannot recover.
+* DNO-Prct on weighted-rps, same settings: 0.018–0.020 over 3 seeds.
 """
 
 from __future__ import annotations

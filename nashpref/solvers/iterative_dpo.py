@@ -44,9 +44,11 @@ from nashpref.solvers._shared_b import dpo_loss, preference_matrix, require_samp
 from nashpref.solvers.base import Batch, Policy, Round, Solver, SolverConfig, register
 from nashpref.solvers.common import check_number, require_tau, round_tau
 
-TINY_WEIGHT = 1e-150     # floor on π: keeps the fit defined where π underflowed, and w_i·w_j clear of denormals (slow)
+TINY_WEIGHT = 1e-150     # floor on π: keeps the fit defined where π underflowed, and w·D clear of denormals (slow)
 MAX_NEWTON_STEP = 0.5   # sup-norm cap of one Newton step on the scores
 DEFAULT_ITERATIONS = 50  # BT and linear-reward games reach their fixed point in < 10 rounds; cycles never settle
+CHUNK = 32               # contexts fitted together: their (chunk, N, N) temporaries stay in cache (N = 64: 1 MB)
+START_CLAMP = 1e-9       # P is clamped to [this, 1 − this] for the starting logits: deterministic P gives ±20.7
 
 
 def fit_bradley_terry(P: Tensor, weights: Tensor, ridge: float, tol: float = 1e-11,
@@ -57,25 +59,45 @@ def fit_bradley_terry(P: Tensor, weights: Tensor, ridge: float, tol: float = 1e-
     by the same relative amount (≈ ridge/σ'), however rare the action, and deterministic preferences still get
     finite scores. The objective is strictly concave and logistic, so its curvature changes by at most a factor
     e^(2|Δ|) over a step of sup-norm |Δ|. Capping Newton steps at sup-norm ½ keeps each step where the quadratic
-    model holds to a factor e. Near the optimum the cap is inactive and convergence is quadratic. Every shipped
-    game, at τ ∈ {0.1, 0.01} and with both references, needs ≤ 45 steps; the most go to deterministic
-    preferences, whose scores climb to ≈ log(1/ridge). No objective values are compared: they cannot resolve the scores of actions whose
-    weights are ~1e-9 or less. The Newton system is Jacobi-scaled
-    because the weights can span hundreds of orders of magnitude.
+    model holds to a factor e. Near the optimum the cap is inactive and convergence is quadratic. No objective
+    values are compared: they cannot resolve the scores of actions whose weights are ~1e-9 or less. The Newton
+    system is Jacobi-scaled because the weights can span hundreds of orders of magnitude.
+
+    Newton starts from s_i = Σ_j w_j logit P_ij (exact on a Bradley-Terry game, up to a constant), which halves
+    the steps from zero. Contexts are fitted CHUNK at a time, each chunk until its own steps converge: the
+    temporaries then stay in cache, which is several times faster than sweeping all contexts per step.
     """
     w = weights.clamp(min=TINY_WEIGHT)
-    W = w.unsqueeze(-1) * w.unsqueeze(-2)
-    s = torch.zeros_like(w)
+    scores = torch.empty_like(w)
+    for lo in range(0, w.shape[0], CHUNK):
+        part = slice(lo, lo + CHUNK)
+        scores[part] = _newton(P[part], w[part], ridge, tol, max_steps)
+    return scores
+
+
+def _newton(P: Tensor, w: Tensor, ridge: float, tol: float, max_steps: int) -> Tensor:
+    """Damped Newton for ``fit_bradley_terry`` on one chunk of contexts; w is already floored."""
+    # both laid out so that every product below reads σ(s_i − s_j) in order, never transposed
+    P_t_w = (P.transpose(-1, -2) * w.unsqueeze(-2)).contiguous()       # [i, j] = w_j P_ji
+    P_w_t = (P * w.unsqueeze(-2)).transpose(-1, -2).contiguous()       # [j, i] = w_j P_ij
+    clamped = P.clamp(START_CLAMP, 1.0 - START_CLAMP)
+    s = (torch.logit(clamped) * w.unsqueeze(-2)).sum(-1) / w.sum(-1, keepdim=True)
     for _ in range(max_steps):
         win = torch.sigmoid(s.unsqueeze(-1) - s.unsqueeze(-2))      # σ(s_i − s_j); its transpose is σ(s_j − s_i)
         lose = win.transpose(-1, -2)
-        # P − σ(d) written as P·σ(−d) − (1 − P)·σ(d): no cancellation when P ∈ {0, 1} and σ(d) ≈ P
-        grad = (W * (P * lose - P.transpose(-1, -2) * win)).sum(-1) - ridge * w * s
-        curvature = W * win * lose                 # minus the Hessian: a weighted graph Laplacian + ridge
-        hessian = torch.diag_embed(curvature.sum(-1) + ridge * w) - curvature
-        scale = hessian.diagonal(dim1=-2, dim2=-1).rsqrt()
-        scaled = scale.unsqueeze(-1) * hessian * scale.unsqueeze(-2)
-        delta = scale * torch.linalg.solve(scaled, (scale * grad).unsqueeze(-1)).squeeze(-1)
+        # the gradient divided by w_i, Σ_j w_j (P_ij σ(s_j − s_i) − P_ji σ(s_i − s_j)) − ridge·s_i: P − σ(d)
+        # written this way has no cancellation when P ∈ {0, 1} and σ(d) ≈ P
+        grad = (P_w_t * win).sum(-2) - (P_t_w * win).sum(-1) - ridge * s
+        # minus the Hessian is diag(w)·(diag(D) − K·diag(w)), K_ij = σ'(s_i − s_j) off the diagonal,
+        # D = K w + ridge; Jacobi-scaled: I − diag(u) K diag(u), u = √(w/D)
+        curvature = win * lose
+        curvature.diagonal(dim1=-2, dim2=-1).zero_()
+        diagonal = (curvature * w.unsqueeze(-2)).sum(-1) + ridge
+        u = (w / diagonal).sqrt()
+        scaled = curvature.mul_(u.unsqueeze(-1)).mul_(u.unsqueeze(-2)).neg_()
+        scaled.diagonal(dim1=-2, dim2=-1).fill_(1.0)
+        solved = _solve_positive_definite(scaled, u * grad)
+        delta = solved * (w * diagonal).rsqrt()
         size = delta.abs().amax(-1, keepdim=True)
         s = s + delta * (MAX_NEWTON_STEP / size).clamp(max=1.0)
         # A common shift of all scores is pinned only by the ridge (curvature ~ridge), so rounding noise ~1e-17/ridge
@@ -83,6 +105,15 @@ def fit_bradley_terry(P: Tensor, weights: Tensor, ridge: float, tol: float = 1e-
         if (delta - delta.mean(-1, keepdim=True)).abs().max() <= tol:
             break
     return s
+
+
+def _solve_positive_definite(matrix: Tensor, rhs: Tensor) -> Tensor:
+    """x with matrix·x = rhs, batched: Cholesky (~25% faster than LU here); LU where rounding breaks it."""
+    factor, info = torch.linalg.cholesky_ex(matrix)
+    if bool(info.any()):
+        return torch.linalg.solve(matrix, rhs.unsqueeze(-1)).squeeze(-1)
+    half = torch.linalg.solve_triangular(factor, rhs.unsqueeze(-1), upper=False)
+    return torch.linalg.solve_triangular(factor.transpose(-1, -2), half, upper=True).squeeze(-1)
 
 
 @dataclasses.dataclass
