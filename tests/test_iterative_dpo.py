@@ -19,7 +19,7 @@ from nashpref.preferences.matrix import MatrixOracle
 from nashpref.sampled import SampledConfig, run_sampled
 from nashpref.selfplay import SelfPlayRound
 from nashpref.solvers._shared_b import dpo_loss
-from nashpref.solvers.iterative_dpo import Config, IterativeDPO, fit_bradley_terry
+from nashpref.solvers.iterative_dpo import CHUNK, Config, IterativeDPO, _solve_positive_definite, fit_bradley_terry
 
 f64 = torch.float64
 
@@ -70,6 +70,31 @@ def test_bt_fit_matches_scipy():
         ours = fit_bradley_terry(game.P[c:c + 1], torch.tensor(w[None]), ridge=1e-10)[0].numpy()
         theirs = scipy_bt_scores(P, w)
         assert np.abs((ours - ours[0]) - theirs).max() <= 1e-6
+
+
+def test_batched_bt_fit_matches_scipy_across_chunks():
+    """More contexts than one chunk, with weights from near-uniform to near-pure, so that contexts converge after
+    different numbers of steps and stop one by one: each must still match its own scipy fit."""
+    generator = np.random.default_rng(5)
+    game = load_game("egpo-random")
+    repeats = CHUNK // game.num_contexts + 2
+    P = game.P.repeat(repeats, 1, 1)
+    w = np.stack([generator.dirichlet(np.ones(10) * concentration)
+                  for concentration in np.geomspace(0.05, 5.0, P.shape[0])])
+    ours = fit_bradley_terry(P, torch.tensor(w), ridge=1e-10).numpy()
+    assert P.shape[0] > CHUNK
+    for c in range(P.shape[0]):
+        theirs = scipy_bt_scores(P[c].numpy(), w[c])
+        assert np.abs((ours[c] - ours[c, 0]) - theirs).max() <= 1e-6
+
+
+def test_linear_solve_falls_back_when_cholesky_fails():
+    spd = torch.tensor([[2.0, 1.0], [1.0, 3.0]], dtype=f64)
+    indefinite = torch.tensor([[0.0, 1.0], [1.0, 0.0]], dtype=f64)   # no Cholesky factor
+    rhs = torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=f64)
+    for matrices in (torch.stack([spd, spd]), torch.stack([spd, indefinite])):
+        expected = np.linalg.solve(matrices.numpy(), rhs.numpy()[..., None])[..., 0]
+        assert_close(_solve_positive_definite(matrices, rhs), torch.tensor(expected), rtol=1e-14, atol=1e-14)
 
 
 def test_bt_fit_stays_finite_on_deterministic_preferences():

@@ -63,9 +63,11 @@ def fit_bradley_terry(P: Tensor, weights: Tensor, ridge: float, tol: float = 1e-
     values are compared: they cannot resolve the scores of actions whose weights are ~1e-9 or less. The Newton
     system is Jacobi-scaled because the weights can span hundreds of orders of magnitude.
 
-    Newton starts from s_i = Σ_j w_j logit P_ij (exact on a Bradley-Terry game, up to a constant), which halves
-    the steps from zero. Contexts are fitted CHUNK at a time, each chunk until its own steps converge: the
-    temporaries then stay in cache, which is several times faster than sweeping all contexts per step.
+    Newton starts from s_i = Σ_j w_j logit P_ij, exact (up to a constant) on a Bradley-Terry game. On a random
+    N = 64 game, a chunk of 32 contexts then needs ~12 steps instead of ~19 from zero (a context alone, ~7).
+    Every shipped game, at τ ∈ {0.1, 0.01} and with both references, needs ≤ 37 steps; the most go to
+    deterministic preferences, whose scores climb to ≈ log(1/ridge). Contexts are fitted CHUNK at a time, so that
+    the (chunk, N, N) temporaries stay in cache: that is several times faster than sweeping all contexts per step.
     """
     w = weights.clamp(min=TINY_WEIGHT)
     scores = torch.empty_like(w)
@@ -76,23 +78,29 @@ def fit_bradley_terry(P: Tensor, weights: Tensor, ridge: float, tol: float = 1e-
 
 
 def _newton(P: Tensor, w: Tensor, ridge: float, tol: float, max_steps: int) -> Tensor:
-    """Damped Newton for ``fit_bradley_terry`` on one chunk of contexts; w is already floored."""
+    """Damped Newton for ``fit_bradley_terry`` on one chunk of contexts; w is already floored. Each context stops
+    when its own step has converged: on a random N = 64 game, after ~7 steps on average, where the slowest
+    context of a chunk of 32 takes ~12."""
     # both laid out so that every product below reads σ(s_i − s_j) in order, never transposed
     P_t_w = (P.transpose(-1, -2) * w.unsqueeze(-2)).contiguous()       # [i, j] = w_j P_ji
     P_w_t = (P * w.unsqueeze(-2)).transpose(-1, -2).contiguous()       # [j, i] = w_j P_ij
     clamped = P.clamp(START_CLAMP, 1.0 - START_CLAMP)
     s = (torch.logit(clamped) * w.unsqueeze(-2)).sum(-1) / w.sum(-1, keepdim=True)
+    fitted, active = s.clone(), torch.arange(s.shape[0])
+    # (chunk, N, N) work buffers, reused every step: fresh ones cost page faults that dominate the arithmetic
+    buffers = torch.empty_like(P), torch.empty_like(P), torch.empty_like(P)
     for _ in range(max_steps):
-        win = torch.sigmoid(s.unsqueeze(-1) - s.unsqueeze(-2))      # σ(s_i − s_j); its transpose is σ(s_j − s_i)
-        lose = win.transpose(-1, -2)
+        win, product, curvature = (buffer[:s.shape[0]] for buffer in buffers)
+        torch.sub(s.unsqueeze(-1), s.unsqueeze(-2), out=win).sigmoid_()   # σ(s_i − s_j); transposed: σ(s_j − s_i)
         # the gradient divided by w_i, Σ_j w_j (P_ij σ(s_j − s_i) − P_ji σ(s_i − s_j)) − ridge·s_i: P − σ(d)
         # written this way has no cancellation when P ∈ {0, 1} and σ(d) ≈ P
-        grad = (P_w_t * win).sum(-2) - (P_t_w * win).sum(-1) - ridge * s
+        grad = torch.mul(P_w_t, win, out=product).sum(-2)
+        grad -= torch.mul(P_t_w, win, out=product).sum(-1)
+        grad -= ridge * s
         # minus the Hessian is diag(w)·(diag(D) − K·diag(w)), K_ij = σ'(s_i − s_j) off the diagonal,
         # D = K w + ridge; Jacobi-scaled: I − diag(u) K diag(u), u = √(w/D)
-        curvature = win * lose
-        curvature.diagonal(dim1=-2, dim2=-1).zero_()
-        diagonal = (curvature * w.unsqueeze(-2)).sum(-1) + ridge
+        torch.mul(win, win.transpose(-1, -2), out=curvature).diagonal(dim1=-2, dim2=-1).zero_()
+        diagonal = torch.mul(curvature, w.unsqueeze(-2), out=product).sum(-1) + ridge
         u = (w / diagonal).sqrt()
         scaled = curvature.mul_(u.unsqueeze(-1)).mul_(u.unsqueeze(-2)).neg_()
         scaled.diagonal(dim1=-2, dim2=-1).fill_(1.0)
@@ -102,9 +110,14 @@ def _newton(P: Tensor, w: Tensor, ridge: float, tol: float, max_steps: int) -> T
         s = s + delta * (MAX_NEWTON_STEP / size).clamp(max=1.0)
         # A common shift of all scores is pinned only by the ridge (curvature ~ridge), so rounding noise ~1e-17/ridge
         # lives there; it changes no probability, so convergence is judged on score differences.
-        if (delta - delta.mean(-1, keepdim=True)).abs().max() <= tol:
-            break
-    return s
+        going = (delta - delta.mean(-1, keepdim=True)).abs().amax(-1) > tol
+        if not going.all():
+            fitted[active] = s
+            if not going.any():
+                return fitted
+            active, s, w, P_t_w, P_w_t = active[going], s[going], w[going], P_t_w[going], P_w_t[going]
+    fitted[active] = s
+    return fitted
 
 
 def _solve_positive_definite(matrix: Tensor, rhs: Tensor) -> Tensor:
