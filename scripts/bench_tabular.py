@@ -14,7 +14,7 @@ Timings are medians over repeats taken side by side (round robin, in one process
 noisy, so only numbers measured together are compared. Each part records the command, date and load it ran under;
 running a subset of parts (``--parts``) keeps the other parts' results from the existing JSON.
 
-    python scripts/bench_tabular.py            # everything (~10 min on 2 cores)
+    python scripts/bench_tabular.py            # everything (6–8 min on a busy 2-core machine)
     python scripts/bench_tabular.py --quick    # a small run into bench/quick/
 """
 
@@ -35,6 +35,7 @@ import json  # noqa: E402
 import math  # noqa: E402
 import multiprocessing  # noqa: E402
 import platform  # noqa: E402
+import queue  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -43,6 +44,7 @@ from pathlib import Path  # noqa: E402
 from typing import Any, Callable  # noqa: E402
 
 import numpy as np  # noqa: E402
+import scipy  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
@@ -101,25 +103,32 @@ def random_game(n: int, tau: float, seed: int = 0, contexts: int = 1) -> Prefere
 
 
 def run_with_timeout(target: Callable, args: tuple, timeout: float) -> tuple[Any, float | None]:
-    """``target(*args)`` in a forked process; (result, seconds) or (None, None) when it ran past ``timeout``."""
+    """``target(*args)`` in a forked process; (result, seconds), or (None, None) when it gives no result within
+    ``timeout`` seconds (it is then terminated). An exception in the child is raised here."""
     context = multiprocessing.get_context("fork")
-    queue = context.Queue()
-    process = context.Process(target=_timed_call, args=(queue, target, args))
+    channel = context.Queue()
+    process = context.Process(target=_timed_call, args=(channel, target, args))
     process.start()
-    process.join(timeout)
-    if process.is_alive():
+    try:
+        result, seconds, error = channel.get(timeout=timeout)   # read before join: a big result fills the pipe
+    except queue.Empty:
         process.terminate()
         process.join()
         return None, None
-    return queue.get(timeout=5)
+    process.join()
+    if error is not None:
+        raise RuntimeError(f"{getattr(target, '__name__', target)}{args[:1]} failed in the child: {error}")
+    return result, seconds
 
 
-def _timed_call(queue, target, args) -> None:
+def _timed_call(channel, target, args) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         start = time.perf_counter()
-        result = target(*args)
-        queue.put((result, time.perf_counter() - start))
+        try:
+            channel.put((target(*args), time.perf_counter() - start, None))
+        except Exception as err:  # reported by the parent, which cannot see the child's traceback otherwise
+            channel.put((None, None, repr(err)))
 
 
 def fmt_gap(x: float | None) -> str:
@@ -140,18 +149,23 @@ def md_table(headers: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
+def cpu_model() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
 def machine() -> dict:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
-        else platform.processor()
-    import scipy
-    info = {"cpu": model, "cores": os.cpu_count(), "platform": platform.platform(),
+    info = {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
             "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
             "scipy": scipy.__version__, "torch_threads": torch.get_num_threads()}
     for module in ("cvxpy", "clarabel", "nashpy"):
         try:
             info[module] = __import__(module).__version__
-        except Exception:  # an optional benchmark dependency that is missing is reported, not fatal
+        except ImportError:  # an optional benchmark dependency that is missing is reported, not fatal
             info[module] = "not installed"
     return info
 
@@ -279,8 +293,8 @@ def lp_row(game, n, method, seconds, repeats, policy, timeout=None) -> dict:
     row = {"n": n, "method": method, "seconds": seconds, "repeats": repeats, "timeout": timeout}
     if policy is not None:
         policy = simplex(policy)
-        gap = exact_gap(game, policy, tau=0.0)
-        row |= {"gap": gap, "value_minus_half": (1.0 - gap) / 2 - 0.5}   # value = min_y P(π ≻ y) = (1 − Gap₀)/2
+        value = float((policy @ game.P[0].numpy()).min())        # min_y P(π ≻ y): what π guarantees
+        row |= {"gap": exact_gap(game, policy, tau=0.0), "value_minus_half": value - 0.5}
     return row
 
 
@@ -313,6 +327,10 @@ def report_a(part: dict) -> str:
     text.append("\n**τ = 0** (value = min_y P(π ≻ y), exactly ½ at an equilibrium; Gap₀ = 2 max_y P(y ≻ π) − 1):\n")
     text.append(md_table(["N", "method", "seconds (median)", "Gap₀", "value − ½", "repeats", "equilibria found"],
                          rows))
+    text.append("\nnashpy's `linear_program` calls scipy's `linprog` (HiGHS) like ours, so only CLARABEL (interior "
+                "point), Lemke-Howson and the enumerations are independent solvers. Lemke-Howson (nashpy 0.0.43), "
+                "tried separately on the seed-0 game, returned in milliseconds at N = 10, 12 and 15 but gave no result "
+                "within 60 s at N = 20, 30, 50 and 100.")
     return "\n".join(text)
 
 
@@ -424,7 +442,7 @@ def part_c(args) -> dict:
     contexts, n, tau = 1024, 64, 0.1
     game = random_game(n, tau, contexts=contexts)
     probe = PreferenceGame.create(game.P[:64], game.mu[:64], tau)
-    repeats = args.repeats or (10 if args.quick else 50)
+    repeats = args.repeats or (10 if args.quick else 100)
     fast, slow, extrapolated = {}, {}, {}
     for name, cls in REGISTRY.items():
         solver = cls()
@@ -445,6 +463,8 @@ def part_c(args) -> dict:
             continue
         x = size_game.mu.unsqueeze(-1).contiguous()
         contenders = {"bmm": lambda g=size_game, x=x: torch.bmm(g.P, x)}
+        if group is fast:       # a control: what two back-to-back bmm cost here (EGPO's floor)
+            contenders[CONTROL] = lambda g=size_game, x=x: (torch.bmm(g.P, x), torch.bmm(g.P, x))
         for name, (solver, log_pi) in group.items():
             contenders[name] = (lambda s=solver, g=size_game, lp=log_pi: s.step(g, lp, 10))
         if group is fast:
@@ -453,10 +473,16 @@ def part_c(args) -> dict:
         times, _ = side_by_side(contenders, group_repeats)
         group_bmm = median(times["bmm"])
         bmm = group_bmm if group is fast else bmm
+        if group is fast:
+            rows.append({"solver": CONTROL, "contexts": contexts, "seconds": median(times[CONTROL]),
+                         "bmm_seconds": group_bmm, "ratio": median(times[CONTROL]) / group_bmm,
+                         "ratio_of_minima": min(times[CONTROL]) / min(times["bmm"]),
+                         "repeats": group_repeats, "bmm_per_step": 2, "profile": []})
         for name, (solver, log_pi) in group.items():
             step = (lambda s=solver, g=size_game, lp=log_pi: s.step(g, lp, 10))
             rows.append({"solver": name, "contexts": size_game.num_contexts, "seconds": median(times[name]),
                          "bmm_seconds": group_bmm, "ratio": median(times[name]) / group_bmm,
+                         "ratio_of_minima": min(times[name]) / min(times["bmm"]),
                          "repeats": group_repeats, "bmm_per_step": count_bmm(step),
                          "profile": top_ops(step, calls=5 if group is fast else 1)})
     for r in rows:
@@ -464,6 +490,9 @@ def part_c(args) -> dict:
               f"(C={r['contexts']})", flush=True)
     return {"contexts": contexts, "actions": n, "tau": tau, "repeats": repeats, "bmm_seconds": bmm, "rows": rows,
             "slow_step": args.slow_step}
+
+
+CONTROL = "(control: two bare bmm)"
 
 
 def too_slow(solver, game: PreferenceGame, limit: float) -> bool:
@@ -509,22 +538,28 @@ def report_c(part: dict) -> str:
     for r in part["rows"]:
         where = "" if r["contexts"] == part["contexts"] else \
             f" (one C={part['contexts']} step ran past {part['slow_step']:g} s; measured at C={r['contexts']})"
-        verdict = "✓" if r["ratio"] <= 2 else f"✗ ({r['ratio'] / 2:.3g}× over)"
+        verdict = "–" if r["solver"] == CONTROL else "✓" if r["ratio"] <= 2 else f"✗ ({r['ratio'] / 2:.3g}× over)"
         ops = ", ".join(f"{name} {ms:.2f} ms ×{count}" for name, ms, count in r["profile"])
         per_eval = f"{r['ratio'] / r['bmm_per_step']:.2f}×" if r["bmm_per_step"] else "–"
         rows.append([r["solver"] + where, fmt_s(r["seconds"]), fmt_s(r["bmm_seconds"]), f"{r['ratio']:.2f}×",
-                     verdict, r["bmm_per_step"], per_eval, r["repeats"], ops])
+                     verdict, f"{r['ratio_of_minima']:.2f}×", r["bmm_per_step"], per_eval, r["repeats"], ops])
     head = (f"C={part['contexts']} × N={part['actions']}, τ={part['tau']}, float64, exact dynamics (`solver.step`) "
             f"from the 4th iterate on. The bare bmm is {part['contexts']}×{part['actions']}×{part['actions']} @ "
             f"{part['contexts']}×{part['actions']}×1, timed in the same round robin as the steps of its row "
-            "(medians, after a warm-up); steps slower than 0.5 s get 3 rounds.\n\n")
-    table = md_table(["solver", "per step", "bmm", "÷ bmm", "≤ 2×?", "bmm per step", "÷ (bmm × bmm per step)",
-                      "repeats", "top ops by self CPU time per step (torch.profiler)"], rows)
+            "(medians, after a warm-up; 'min ÷ min' compares the fastest rounds, which interference from other "
+            "processes inflates least); steps slower than 0.5 s get 3 rounds.\n\n")
+    table = md_table(["solver", "per step", "bmm", "÷ bmm", "≤ 2×?", "min ÷ min", "bmm per step",
+                      "÷ (bmm × bmm per step)", "repeats", "top ops by self CPU time per step (torch.profiler)"], rows)
     over = [f"{r['solver']} {r['ratio']:.3g}× " + (f"({r['bmm_per_step']} bmm per step, so its floor is "
                                                      f"{r['bmm_per_step']}×)" if r["bmm_per_step"] else
                                                      "(no bmm: its step is not one matrix–vector product; see the "
-                                                     "profile)") for r in part["rows"] if r["ratio"] > 2]
+                                                     "profile)") for r in part["rows"] if r["ratio"] > 2
+            and r["solver"] != CONTROL]
     verdict = ("\n\nOver the 2× target: " + "; ".join(over) + ".") if over else "\n\nEvery solver is within 2×."
+    control = next((r for r in part["rows"] if r["solver"] == CONTROL), None)
+    if control is not None:
+        verdict += (f" In the same rounds, two bare back-to-back bmm took {control['ratio']:.3g}× one bmm: the op is "
+                    "memory-bound (P is 32 MB) and shares bandwidth with whatever else runs on the machine.")
     return head + table + verdict
 
 
@@ -682,7 +717,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (BLAS: OMP_NUM_THREADS)")
     parser.add_argument("--repeats", type=int, default=None, help="override every part's repeat count")
     parser.add_argument("--enumeration-n", type=int, default=8,
-                        help="N for nashpy support/vertex enumeration (N=10 takes ~2.5 min each)")
+                        help="N for nashpy support/vertex enumeration (at N=10 they took 0.5–3 min each here)")
     parser.add_argument("--enumeration-timeout", type=float, default=400.0, help="seconds per enumeration")
     parser.add_argument("--nashpy-timeout", type=float, default=30.0, help="seconds for one Lemke-Howson run")
     parser.add_argument("--itdpo-rounds", type=int, default=200,
