@@ -62,6 +62,33 @@ def preference_matrix(round: Any, responses: Any, k: int) -> Tensor:
     return matrix
 
 
+def win_rates_against(round: Any, responses: Any, n: int, opponents: Any, k: int) -> Tensor:
+    """(B, n) P̂(y ≻ π_t): each of the n responses against every one of the K opponents (n·K queries)."""
+    batch = round.contexts.shape[0]
+    first = take(responses, torch.arange(n).repeat_interleave(k).unsqueeze(0).expand(batch, -1))
+    second = take(opponents, torch.arange(k).repeat(n).unsqueeze(0).expand(batch, -1))
+    return round.prefer(first, second).to(torch.float64).reshape(batch, n, k).mean(-1)
+
+
+def distinct_weights(responses: Any) -> Tensor | None:
+    """(B, K) weights 1 on the first copy of each response in its row and 0 on repeats, so each distinct action
+    counts once; None for language-model responses, where repeats are negligible."""
+    if not isinstance(responses, Tensor):
+        return None
+    ordered, order = torch.sort(responses, dim=-1, stable=True)
+    first = torch.ones_like(ordered, dtype=torch.float64)
+    first[:, 1:] = (ordered[:, 1:] != ordered[:, :-1]).to(torch.float64)
+    return torch.zeros_like(first).scatter(1, order, first)
+
+
+def compact(weight: Tensor, *values: Tensor) -> tuple[Tensor, ...]:
+    """Drop the columns where ``weight`` is 0 (repeats), padding rows with weight-0 columns to equal width, so
+    pairwise losses cost O(distinct²) rather than O(K²)."""
+    width = int((weight > 0).sum(-1).max().item())
+    index = torch.argsort((weight <= 0).to(torch.int8), dim=-1, stable=True)[:, :width]
+    return tuple(value.gather(1, index) for value in (weight, *values))
+
+
 def require_samples(name: str, k: int, at_least: int = 2) -> None:
     if k < at_least:
         raise GameError(f"{name}: needs at least {at_least} samples per context to compare, got samples={k}")
