@@ -101,6 +101,10 @@ class SolveBase:
     """[sampled] Optimizer on the policy logits."""
     contexts_per_round: Annotated[int | None, tyro.conf.arg(metavar="B")] = _SAMPLED.contexts_per_round
     """[sampled] Contexts drawn per round (default: all contexts of the game)."""
+    recommended: bool = False
+    """[sampled] Use each solver's tuned settings for tabular sampled training (its `sampled_defaults` for
+    iterations / samples / lr / optimizer / epochs and its `sampled_options` for its own options) wherever this
+    command leaves the value at its default; the tuned values are listed in the solver modules."""
 
 
 def option_field(solver_name: str) -> str:
@@ -237,17 +241,16 @@ def run_solve(cmd) -> int:
                 raise UsageError(reason)
             skipped[name] = reason
             continue
-        solvers.append(cls(getattr(cmd, option_field(name))))
-    sampled = None
-    if cmd.mode == "sampled":
-        sampled = SampledConfig(
-            iterations=cmd.iters if cmd.iters is not None else _SAMPLED.iterations, samples=cmd.samples,
-            labels=cmd.labels, lr=cmd.lr, optimizer=cmd.optimizer, epochs=cmd.epochs,
-            minibatches=cmd.minibatches, seed=cmd.seed, contexts_per_round=cmd.contexts_per_round)
-        validate_config(sampled)
+        config = getattr(cmd, option_field(name))
+        if cmd.mode == "sampled" and cmd.recommended:
+            config = recommended_options(cls, config)
+        solvers.append(cls(config))
+    sampled = {solver.name: sampled_config(cmd, solver) for solver in solvers} if cmd.mode == "sampled" else {}
+    for config in sampled.values():
+        validate_config(config)
     # Each solver's budget, worked out before anything runs: solvers check their options here, so a bad option
     # of the last solver in a race fails at once rather than after the others have run.
-    budgets = [sampled.iterations if sampled else cmd.iters or solver.default_iterations(game)
+    budgets = [sampled[solver.name].iterations if sampled else cmd.iters or solver.default_iterations(game)
                for solver in solvers]
 
     equilibrium = solve_equilibrium(game)
@@ -255,9 +258,9 @@ def run_solve(cmd) -> int:
                  "gap_unregularized": game.gap(equilibrium.policy, tau=0.0).max().item()}
     results, metrics = {}, {}
     for solver, iterations in zip(solvers, budgets):
-        run = run_solver(game, solver, iterations, cmd.seed, sampled)
-        results[solver.name] = solve_result(game, solver, run, mode=cmd.mode, seed=cmd.seed, sampled=sampled,
-                                            equilibrium=equilibrium)
+        run = run_solver(game, solver, iterations, cmd.seed, sampled.get(solver.name))
+        results[solver.name] = solve_result(game, solver, run, mode=cmd.mode, seed=cmd.seed,
+                                            sampled=sampled.get(solver.name), equilibrium=equilibrium)
         metrics[solver.name] = run.metrics
 
     def write_one(folder: Path, name: str) -> None:
@@ -285,6 +288,27 @@ def run_solve(cmd) -> int:
     print(summary_table(rows))
     print(f"wrote {cmd.out}")
     return 0
+
+
+def sampled_config(cmd, solver: Solver) -> SampledConfig:
+    """The sampled-mode settings of one solver: the command's, with the solver's tuned values in place of the
+    generic defaults when --recommended is set."""
+    values = {"iterations": cmd.iters if cmd.iters is not None else _SAMPLED.iterations, "samples": cmd.samples,
+              "lr": cmd.lr, "optimizer": cmd.optimizer, "epochs": cmd.epochs}
+    if cmd.recommended:
+        for key, value in solver.sampled_defaults.items():
+            if values[key] == getattr(_SAMPLED, key):
+                values[key] = value
+    return SampledConfig(**values, labels=cmd.labels, minibatches=cmd.minibatches, seed=cmd.seed,
+                         contexts_per_round=cmd.contexts_per_round)
+
+
+def recommended_options(cls: type[Solver], config):
+    """``config`` with the solver's tuned sampled options wherever it still holds the Config's defaults."""
+    default = cls.Config()
+    changes = {key: value for key, value in cls.sampled_options.items()
+               if getattr(config, key) == getattr(default, key)}
+    return dataclasses.replace(config, **changes)
 
 
 def run_solver(game: PreferenceGame, solver: Solver, iterations: int, seed: int, sampled: SampledConfig | None):

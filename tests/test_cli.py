@@ -294,3 +294,24 @@ def test_rerun_into_existing_dir_replaces_files(tmp_path, capsys):
     assert (out / "notes.txt").read_text() == "mine"
     assert [p.name for p in tmp_path.iterdir()] == ["again"]
     assert math.isfinite(json.loads((out / "result.json").read_text())["gap"][0])
+
+
+def test_recommended_sampled_settings_are_the_solvers_tuned_ones(tmp_path):
+    """--recommended takes SPPO's tuned settings (its sampled_defaults and sampled_options) where the command left
+    the defaults, keeps what the command set, and the run equals run_sampled called with those settings."""
+    from nashpref.gamefile import load_game
+    from nashpref.sampled import SampledConfig, run_sampled
+    from nashpref.solvers.sppo import SPPO, Config
+
+    out = tmp_path / "rec"
+    assert main(["solve", "--game", "weighted-rps", "--solver", "sppo", "--mode", "sampled", "--recommended",
+                 "--iters", "40", "--out", str(out)]) == 0
+    result = json.loads((out / "result.json").read_text())
+    expected = SampledConfig(iterations=40, samples=8, lr=0.5, optimizer="sgd", epochs=1, seed=0)
+    assert result["sampled"]["lr"] == 0.5 and result["sampled"]["optimizer"] == "sgd"
+    assert result["sampled"]["iterations"] == 40          # set on the command line: kept
+    options = Config(eta=0.5, reference_samples=1024, log_partition="fit", distinct=True)
+    assert result["solver_config"]["reference_samples"] == 1024 and result["solver_config"]["eta"] == 0.5
+    run = run_sampled(load_game("weighted-rps"), SPPO(options), expected)
+    torch.testing.assert_close(torch.tensor(result["policies"], dtype=torch.float64), run.policies,
+                               rtol=0, atol=1e-15)

@@ -83,6 +83,10 @@ class Solver(ABC):
     iterate: ClassVar[Iterate] = "last"     # which iterate carries the convergence guarantee
     needs_tau: ClassVar[bool] = True        # False for solvers of the unregularised game (SPPO, DNO)
     extragradient: ClassVar[bool] = False   # the loop runs the half-step / restore dance when True
+    # Tuned settings for sampled training of a tabular policy (`nashpref solve --mode sampled --recommended`):
+    # SampledConfig fields, and this solver's own Config fields. Each solver module says what they reach.
+    sampled_defaults: ClassVar[dict] = {}
+    sampled_options: ClassVar[dict] = {}
 
     def __init__(self, config: SolverConfig | None = None):
         self.config = config if config is not None else self.Config()

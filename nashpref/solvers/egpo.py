@@ -64,6 +64,8 @@ class EGPO(Solver):
     iterate = "last"
     needs_tau = True
     extragradient = True
+    # tests/test_egpo.py: gap ≤ 0.006 on N=10 random games (τ = 0.1) and ≤ 0.002 on weighted-rps, 5 seeds
+    sampled_defaults = {"lr": 0.05, "optimizer": "sgd", "samples": 64, "iterations": 400}
 
     def step_size(self, tau: float) -> float:
         if self.config.eta is None:

@@ -80,6 +80,8 @@ class INPO(Solver):
     Config = Config
     iterate = "last"
     needs_tau = True
+    # module docstring: gap ≤ 0.012 on weighted-rps and ≤ 0.016 on egpo-random (τ = 0.1), 5 seeds
+    sampled_defaults = {"lr": 0.02, "optimizer": "adam", "samples": 8, "iterations": 1000}
 
     def step_size(self, tau: float) -> float:
         """η for a game of strength τ > 0 (the caller checks τ)."""

@@ -79,6 +79,13 @@ class NashMD(Solver):
     iterate = "last"
     needs_tau = True
 
+    @property
+    def sampled_defaults(self) -> dict:
+        """tests/test_nash_md.py: gap ≤ 0.008 (pg) / 0.0085 (ipo) on N=10 random games at τ = 0.1, 5 seeds. The PG
+        gradient is τ/4 times the IPO one, hence its larger lr."""
+        lr = 4.0 if self.config.loss == "pg" else 0.1
+        return {"lr": lr, "optimizer": "sgd", "samples": 64, "iterations": 400}
+
     def step_size(self, tau: float, t: int) -> float:
         if self.config.eta is None:
             return 2.0 / (tau * (t + 2))

@@ -74,6 +74,8 @@ class OnlineIPO(Solver):
     Config = Config
     iterate = "last"
     needs_tau = True
+    # tests/test_online_ipo.py: gap ≤ 0.005 on N=10 random games (τ = 0.1) and ≤ 0.002 on weighted-rps, 5 seeds
+    sampled_defaults = {"lr": 0.05, "optimizer": "sgd", "samples": 64, "iterations": 400}
 
     def step_size(self, tau: float) -> float:
         if self.config.lr is None:
