@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from nashpref.game import PreferenceGame
+from nashpref.policies.tabular import TabularPolicy
 
 # Test tensors are tiny: one thread avoids thread-pool overhead, which is severe when cores are oversubscribed
 # (measured: solve_equilibrium on 3×10 took 3.5 s with 2 threads under load, 0.06 s with 1).
@@ -40,3 +41,15 @@ def build_random_game(n: int, seed: int, tau: float, contexts: int = 1) -> Prefe
 def random_game():
     """The builder ``random_game(n, seed, tau, contexts=1) -> PreferenceGame`` (session scope: hypothesis-safe)."""
     return build_random_game
+
+
+class Scripted(TabularPolicy):
+    """A frozen π_t whose samples are fixed in advance, so collect() can be checked by hand."""
+
+    def __init__(self, logits, responses):
+        super().__init__(logits)
+        self.responses = responses
+
+    def sample(self, contexts, n, generator=None):
+        assert n == self.responses.shape[1]
+        return self.responses

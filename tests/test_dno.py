@@ -16,20 +16,9 @@ from nashpref.sampled import SampledConfig, run_sampled
 from nashpref.selfplay import SelfPlayRound
 from nashpref.solvers._shared_b import hedge_log_range
 from nashpref.solvers.dno import DNO, Config, dno_context_loss, dno_soft_loss
+from conftest import Scripted
 
 f64 = torch.float64
-
-
-class Scripted(TabularPolicy):
-    """A frozen π_t whose samples are fixed in advance, so collect() can be checked by hand."""
-
-    def __init__(self, logits, responses):
-        super().__init__(logits)
-        self.responses = responses
-
-    def sample(self, contexts, n, generator=None):
-        assert n == self.responses.shape[1]
-        return self.responses
 
 
 def scripted_round(game, responses, reference_responses=None):

@@ -16,20 +16,9 @@ from nashpref.preferences.matrix import MatrixOracle
 from nashpref.sampled import SampledConfig, run_sampled
 from nashpref.selfplay import SelfPlayRound
 from nashpref.solvers.inpo import INPO, Config, default_eta, inpo_loss
+from conftest import Scripted
 
 f64 = torch.float64
-
-
-class Scripted(TabularPolicy):
-    """A frozen π_t whose samples are fixed in advance, so collect() can be checked by hand."""
-
-    def __init__(self, logits, responses):
-        super().__init__(logits)
-        self.responses = responses
-
-    def sample(self, contexts, n, generator=None):
-        assert n == self.responses.shape[1]
-        return self.responses
 
 
 def test_loss_matches_hand_computation():

@@ -20,20 +20,9 @@ from nashpref.sampled import SampledConfig, run_sampled
 from nashpref.selfplay import SelfPlayRound
 from nashpref.solvers._shared_b import dpo_loss
 from nashpref.solvers.iterative_dpo import CHUNK, Config, IterativeDPO, _solve_positive_definite, fit_bradley_terry
+from conftest import Scripted
 
 f64 = torch.float64
-
-
-class Scripted(TabularPolicy):
-    """A frozen π_t whose samples are fixed in advance, so collect() can be checked by hand."""
-
-    def __init__(self, logits, responses):
-        super().__init__(logits)
-        self.responses = responses
-
-    def sample(self, contexts, n, generator=None):
-        assert n == self.responses.shape[1]
-        return self.responses
 
 
 def scipy_bt_scores(P: np.ndarray, w: np.ndarray) -> np.ndarray:

@@ -101,3 +101,16 @@ def dpo_loss(log_ratio_chosen: Tensor, log_ratio_rejected: Tensor, beta: float,
     logit = beta * (log_ratio_chosen - log_ratio_rejected)
     return -(1.0 - label_smoothing) * F.logsigmoid(logit) - label_smoothing * F.logsigmoid(-logit)
 
+
+
+def reference_entries(round: Any, solver: str, extra: int, responses: Any, k: int, target_key: str) -> dict:
+    """Batch entries for ``extra`` responses drawn from μ, each scored by its win-rate against the round's K
+    on-policy responses (SPPO's and DNO's coverage option); empty when ``extra`` is 0."""
+    if isinstance(extra, bool) or not isinstance(extra, int) or extra < 0:
+        raise GameError(f"{solver}: reference_samples must be an integer >= 0, got {extra!r}")
+    if not extra:
+        return {}
+    others = round.sample(extra, "reference")
+    return {"reference_responses": others,
+            f"reference_{target_key}": win_rates_against(round, others, extra, responses, k),
+            "reference_log_prob_previous": round.log_prob(others, "previous")}

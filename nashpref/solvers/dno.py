@@ -53,7 +53,7 @@ from torch import Tensor
 
 from nashpref.game import GameError, PreferenceGame
 from nashpref.solvers._shared_b import (compact, distinct_weights, dpo_loss, hedge_horizon, hedge_step,
-                                        preference_matrix, require_samples, take, win_rates_against)
+                                        preference_matrix, reference_entries, require_samples, take)
 from nashpref.solvers.base import Batch, Policy, Round, Solver, SolverConfig, register
 from nashpref.solvers.common import check_number
 
@@ -139,15 +139,8 @@ class DNO(Solver):
         if self.config.variant == "soft":
             batch = {"contexts": round.contexts, "responses": responses, "reward": reward,
                      "log_prob_previous": round.log_prob(responses, "previous")}
-            extra = self.config.reference_samples
-            if isinstance(extra, bool) or not isinstance(extra, int) or extra < 0:
-                raise GameError(f"{self.name}: reference_samples must be an integer >= 0, got {extra!r}")
-            if extra:
-                others = round.sample(extra, "reference")
-                batch |= {"reference_responses": others,
-                          "reference_reward": win_rates_against(round, others, extra, responses, k),
-                          "reference_log_prob_previous": round.log_prob(others, "previous")}
-            return batch
+            return batch | reference_entries(round, self.name, self.config.reference_samples, responses, k,
+                                             "reward")
         if self.config.variant != "prct":
             raise GameError(f"{self.name}: variant must be 'soft' or 'prct', got {self.config.variant!r}")
         index = torch.stack([reward.argmax(-1), reward.argmin(-1)], dim=-1)

@@ -54,7 +54,7 @@ from torch import Tensor
 
 from nashpref.game import GameError, PreferenceGame
 from nashpref.solvers._shared_b import (compact, distinct_weights, hedge_horizon, hedge_step, preference_matrix,
-                                        require_samples, take, win_rates_against)
+                                        reference_entries, require_samples, take)
 from nashpref.solvers.base import Batch, Policy, Round, Solver, SolverConfig, register
 from nashpref.solvers.common import check_number
 
@@ -144,15 +144,8 @@ class SPPO(Solver):
             responses, win_rate = take(responses, index), win_rate.gather(1, index)
         batch = {"contexts": round.contexts, "responses": responses, "win_rate": win_rate,
                  "log_prob_previous": round.log_prob(responses, "previous")}
-        extra = self.config.reference_samples
-        if isinstance(extra, bool) or not isinstance(extra, int) or extra < 0:
-            raise GameError(f"{self.name}: reference_samples must be an integer >= 0, got {extra!r}")
-        if extra:
-            others = round.sample(extra, "reference")
-            batch |= {"reference_responses": others,
-                      "reference_win_rate": win_rates_against(round, others, extra, responses, k),
-                      "reference_log_prob_previous": round.log_prob(others, "previous")}
-        return batch
+        return batch | reference_entries(round, self.name, self.config.reference_samples, responses, k,
+                                         "win_rate")
 
     def loss(self, batch: Batch, policy: Policy) -> tuple[Tensor, dict[str, float]]:
         contexts = batch["contexts"]
