@@ -414,6 +414,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except SystemExit as stop:              # --help
             return stop.code or 0
         return RUNNERS[type(cmd).__name__](cmd)
+    except BrokenPipeError:                     # output piped into e.g. `head`: not an error of ours
+        sys.stderr.close()
+        return 0
     except (GameError, OSError) as err:        # OSError: --out cannot be written
         print("error: " + " ".join(str(err).split()), file=sys.stderr)
         return EXIT_BAD_INPUT
