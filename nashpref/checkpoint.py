@@ -31,7 +31,7 @@ def save_checkpoint(directory: str | Path, state: dict) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_directory(directory)
+    fsync_path(directory)
     return target
 
 
@@ -43,7 +43,8 @@ def load_checkpoint(directory: str | Path) -> dict | None:
     return torch.load(path, weights_only=True)
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_path(directory: Path) -> None:
+    """fsync a file or directory (a directory's fsync makes a rename in it durable); a no-op off POSIX."""
     if os.name != "posix":
         return
     fd = os.open(directory, os.O_RDONLY)

@@ -19,26 +19,7 @@ LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv
 def load_prompts(spec: str, column: str = "prompt", split: str = "train", limit: int | None = None) -> list[Prompt]:
     """Prompts from a local file or a hub dataset id. ``column`` may hold strings or chat message lists; a
     ``messages`` column is used when ``column`` is absent and it exists."""
-    import datasets  # optional dependency: only LM training needs it
-
-    path = Path(spec)
-    suffix = path.suffix.lower()
-    try:
-        if suffix in LOCAL_FORMATS:
-            if not path.is_file():
-                raise GameError(f"{spec}: prompt file does not exist")
-            ds = datasets.load_dataset(LOCAL_FORMATS[suffix], data_files=str(path), split="train")
-        elif path.exists():
-            raise GameError(f"{spec}: unsupported prompt file type {suffix or '(none)'}; "
-                            f"use one of {', '.join(LOCAL_FORMATS)}")
-        else:
-            if os.environ.get("HF_HUB_OFFLINE") == "1" and not _looks_like_hub_id(spec):
-                raise GameError(f"{spec}: no such prompt file")
-            ds = datasets.load_dataset(spec, split=split)
-    except GameError:
-        raise
-    except Exception as exc:  # datasets raises many types; the user needs one line naming the source
-        raise GameError(f"{spec}: could not read prompts: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+    ds = load_table(spec, split, "prompts")
     if column not in ds.column_names:
         if column == "prompt" and "messages" in ds.column_names:
             column = "messages"
@@ -50,6 +31,31 @@ def load_prompts(spec: str, column: str = "prompt", split: str = "train", limit:
     if not prompts:
         raise GameError(f"{spec}: no prompts in column {column!r}")
     return prompts
+
+
+def load_table(spec: str, split: str = "train", what: str = "prompts"):
+    """A `datasets.Dataset` from a local JSONL / JSON / Parquet / CSV file or a hub dataset id; every failure is
+    one GameError line naming ``spec`` (``what`` says what was being read)."""
+    import datasets  # optional dependency: only LM training needs it
+
+    path = Path(spec)
+    suffix = path.suffix.lower()
+    try:
+        if suffix in LOCAL_FORMATS:
+            if not path.is_file():
+                raise GameError(f"{spec}: {what} file does not exist")
+            return datasets.load_dataset(LOCAL_FORMATS[suffix], data_files=str(path), split="train")
+        if path.exists():
+            raise GameError(f"{spec}: unsupported {what} file type {suffix or '(none)'}; "
+                            f"use one of {', '.join(LOCAL_FORMATS)}")
+        if os.environ.get("HF_HUB_OFFLINE") == "1" and not _looks_like_hub_id(spec):
+            raise GameError(f"{spec}: no such {what} file")
+        return datasets.load_dataset(spec, split=split)
+    except GameError:
+        raise
+    except Exception as exc:  # datasets raises many types; the user needs one line naming the source
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise GameError(f"{spec}: could not read {what}: {first_line}") from None
 
 
 def _looks_like_hub_id(spec: str) -> bool:

@@ -127,27 +127,9 @@ def validate_config(config: FitPreferenceConfig) -> None:
 def load_preference_rows(spec: str, prompt_column: str = "prompt", a_column: str = "a", b_column: str = "b",
                          label_column: str = "label", split: str = "train") -> PreferenceRows:
     """Rows from a local file or a hub dataset; a missing column or a bad value is a one-line GameError."""
-    import datasets
+    from nashpref.data import load_table
 
-    from nashpref.data import LOCAL_FORMATS
-
-    path = Path(spec)
-    suffix = path.suffix.lower()
-    try:
-        if suffix in LOCAL_FORMATS:
-            if not path.is_file():
-                raise GameError(f"{spec}: preference data file does not exist")
-            ds = datasets.load_dataset(LOCAL_FORMATS[suffix], data_files=str(path), split="train")
-        elif path.exists():
-            raise GameError(f"{spec}: unsupported file type {suffix or '(none)'}; use one of "
-                            f"{', '.join(LOCAL_FORMATS)}")
-        else:
-            ds = datasets.load_dataset(spec, split=split)
-    except GameError:
-        raise
-    except Exception as exc:  # datasets raises many types; the user needs one line naming the source
-        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise GameError(f"{spec}: could not read preference rows: {first_line}") from None
+    ds = load_table(spec, split, "preference data")
     columns = {"prompt": prompt_column, "a": a_column, "b": b_column, "label": label_column}
     for role, column in columns.items():
         if column not in ds.column_names:

@@ -40,7 +40,7 @@ from typing import Any, Literal, Sequence
 import torch
 from torch import Tensor
 
-from nashpref.checkpoint import load_checkpoint, save_checkpoint
+from nashpref.checkpoint import fsync_path, load_checkpoint, save_checkpoint
 from nashpref.game import GameError
 from nashpref.outputs import jsonable, write_json, write_jsonl
 from nashpref.selfplay import self_play, split_batch
@@ -606,23 +606,13 @@ def _write_pointer(root: Path, name: str) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, root / LATEST)
-    _fsync(root)
+    fsync_path(root)
 
 
 def _fsync_tree(directory: Path) -> None:
     for path in sorted(directory.rglob("*"), reverse=True):
-        _fsync(path)
-    _fsync(directory)
-
-
-def _fsync(path: Path) -> None:
-    if os.name != "posix":
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_path(path)
+    fsync_path(directory)
 
 
 # ---- building the run ------------------------------------------------------------------------------------------
