@@ -540,22 +540,16 @@ def save_train_checkpoint(out: Path, iteration: int, policy, state: dict) -> Pat
     root = out / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     name = f"iteration-{iteration:04d}"
-    staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}.", suffix=".tmp"))
-    try:
+
+    def write(staging: Path) -> None:
         policy.save_pretrained(staging / "model")
         if _has_adapter(policy):
             from safetensors.torch import save_file
 
             save_file({k: v.contiguous() for k, v in policy.state_dict().items()}, staging / "adapter.safetensors")
         save_checkpoint(staging, state)
-        _fsync_tree(staging)
-        target = root / name
-        if target.exists():
-            shutil.rmtree(target)
-        os.rename(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+
+    target = _publish_directory(root / name, write)
     _write_pointer(root, name)
     for entry in root.iterdir():
         if entry.is_dir() and entry.name != name:
@@ -831,18 +825,23 @@ def _train(config, solver, policy, reference, oracle, clock, sampler, train_rows
 
 def save_final(out: Path, policy) -> Path:
     """OUT/final: the policy (LoRA merged) and tokenizer, loadable with AutoModelForCausalLM.from_pretrained."""
-    staging = Path(tempfile.mkdtemp(dir=out, prefix=".final.", suffix=".tmp"))
+    return _publish_directory(out / "final", policy.save_pretrained)
+
+
+def _publish_directory(target: Path, write) -> Path:
+    """Build ``target`` with ``write(staging)`` in a temporary sibling, fsync it, then rename it into place: a
+    kill at any moment leaves no half-written ``target``."""
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
     try:
-        policy.save_pretrained(staging)
+        write(staging)
         _fsync_tree(staging)
-        final = out / "final"
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(staging, final)
+        if target.exists():
+            shutil.rmtree(target)
+        os.rename(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return final
+    return target
 
 
 def _progress_bar(total: int, done: int, name: str, enabled: bool):
