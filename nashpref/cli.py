@@ -1,4 +1,5 @@
-"""The ``nashpref`` command line (tyro): ``equilibrium``, ``solve``, ``games``, ``train`` and ``fit-preference``.
+"""The ``nashpref`` command line (tyro): ``equilibrium``, ``solve``, ``games``, ``train``, ``fit-preference`` and
+``bench tabular`` / ``bench llm``.
 
 The solver choices and every solver's own options (``--<solver>.<field>``) are built from
 ``nashpref.solvers.REGISTRY``; this module knows no solver by name. Bad input of any kind ends in one line
@@ -11,15 +12,18 @@ import dataclasses
 import io
 import os
 import re
+import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Callable, Literal, Sequence
+from typing import Annotated, Callable, Literal, Sequence, Union
 
 import torch
 import tyro
 from tqdm import tqdm
 
+from nashpref.benchmarks.llm import LLMBenchConfig, run_bench_llm
+from nashpref.benchmarks.tabular import TabularBenchConfig, run_bench_tabular
 from nashpref.equilibrium import solve_equilibrium
 from nashpref.exact import run_exact
 from nashpref.fit_preference import FitPreferenceConfig, run_fit_preference
@@ -28,7 +32,8 @@ from nashpref.gamefile import games_dir, list_games, load_game
 from nashpref.outputs import (check_output_dir, equilibrium_result, solve_result, staged_output, summary_row,
                               write_json, write_jsonl)
 from nashpref.plots import convergence_plot
-from nashpref.sampled import SampledConfig, run_sampled, validate_config
+from nashpref.sampled import (SampledConfig, recommended_options, recommended_values, run_sampled,
+                              validate_config)
 from nashpref.solvers import REGISTRY, Solver
 from nashpref.train import build_train_command, quiet_library_progress, run_train
 
@@ -128,9 +133,26 @@ def build_solve_command() -> type:
     return solve
 
 
+BenchCommand = Union[
+    Annotated[TabularBenchConfig, tyro.conf.subcommand(
+        "tabular", description="Race every solver and iterative DPO on the shipped games, exact and sampled "
+                               "modes, at one budget; writes a table and plots (see bench/README.md).")],
+    Annotated[LLMBenchConfig, tyro.conf.subcommand("llm", description=" ".join(LLMBenchConfig.__doc__.split()))],
+]
+
+
+@dataclasses.dataclass
+class Bench:
+    """Benchmarks against iterative DPO: `bench tabular` (exact and sampled solver races on the shipped games) and
+    `bench llm` (a tiny language model under a ground-truth intransitive oracle)."""
+
+    benchmark: tyro.conf.OmitSubcommandPrefixes[BenchCommand]
+    """Which benchmark."""
+
+
 def commands() -> dict[str, type]:
     return {"equilibrium": Equilibrium, "solve": build_solve_command(), "games": Games,
-            "train": build_train_command(), "fit-preference": FitPreferenceConfig}
+            "train": build_train_command(), "fit-preference": FitPreferenceConfig, "bench": Bench}
 
 
 # ---- parsing: tyro's error boxes become one line ------------------------------------------------------------------
@@ -296,19 +318,9 @@ def sampled_config(cmd, solver: Solver) -> SampledConfig:
     values = {"iterations": cmd.iters if cmd.iters is not None else _SAMPLED.iterations, "samples": cmd.samples,
               "lr": cmd.lr, "optimizer": cmd.optimizer, "epochs": cmd.epochs}
     if cmd.recommended:
-        for key, value in solver.sampled_defaults.items():
-            if values[key] == getattr(_SAMPLED, key):
-                values[key] = value
+        values = recommended_values(solver, values)
     return SampledConfig(**values, labels=cmd.labels, minibatches=cmd.minibatches, seed=cmd.seed,
                          contexts_per_round=cmd.contexts_per_round)
-
-
-def recommended_options(cls: type[Solver], config):
-    """``config`` with the solver's tuned sampled options wherever it still holds the Config's defaults."""
-    default = cls.Config()
-    changes = {key: value for key, value in cls.sampled_options.items()
-               if getattr(config, key) == getattr(default, key)}
-    return dataclasses.replace(config, **changes)
 
 
 def run_solver(game: PreferenceGame, solver: Solver, iterations: int, seed: int, sampled: SampledConfig | None):
@@ -400,6 +412,22 @@ def run_fit_preference_command(cmd: FitPreferenceConfig) -> int:
     return 0
 
 
+# ---- benchmarks ------------------------------------------------------------------------------------------------
+def run_bench_tabular_command(cmd: TabularBenchConfig, command: str) -> int:
+    return run_bench_tabular(cmd)
+
+
+def run_bench_llm_command(cmd: LLMBenchConfig, command: str) -> int:
+    quiet_library_progress()
+    path = run_bench_llm(cmd, command=command)
+    print(f"wrote {path}")
+    return 0
+
+
+BENCH_RUNNERS: dict[str, Callable] = {"TabularBenchConfig": run_bench_tabular_command,
+                                      "LLMBenchConfig": run_bench_llm_command}
+
+
 # ---- entry point -------------------------------------------------------------------------------------------------
 RUNNERS: dict[str, Callable] = {"Equilibrium": run_equilibrium, "Solve": run_solve, "Games": run_games,
                                 "Train": run_train_command, "FitPreferenceConfig": run_fit_preference_command}
@@ -413,7 +441,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             cmd = parse(argv)
         except SystemExit as stop:              # --help
             return stop.code or 0
-        return RUNNERS[type(cmd).__name__](cmd)
+        if isinstance(cmd, Bench):
+            cmd = cmd.benchmark
+        name = type(cmd).__name__
+        if name in BENCH_RUNNERS:               # benchmarks record the command that reproduces them
+            return BENCH_RUNNERS[name](cmd, "nashpref " + shlex.join(argv))
+        return RUNNERS[name](cmd)
     except BrokenPipeError:                     # output piped into e.g. `head`: not an error of ours
         sys.stderr.close()
         return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -63,6 +63,22 @@ def validate_config(config: SampledConfig) -> None:
         raise GameError(f"sampled config: optimizer must be 'sgd' or 'adam', got {config.optimizer!r}")
     if not isinstance(config.lr, (int, float)) or not math.isfinite(config.lr) or config.lr <= 0:
         raise GameError(f"sampled config: lr must be a finite number > 0, got {config.lr!r}")
+
+
+def recommended_values(solver: Solver, values: dict) -> dict:
+    """``values`` (SampledConfig fields) with the solver's tuned ``sampled_defaults`` wherever a value still
+    holds SampledConfig's generic default (`solve --recommended`, `bench tabular`)."""
+    generic = SampledConfig()
+    return values | {key: tuned for key, tuned in solver.sampled_defaults.items()
+                     if key in values and values[key] == getattr(generic, key)}
+
+
+def recommended_options(cls: type[Solver], config):
+    """``config`` with the solver's tuned sampled options wherever it still holds the Config's defaults."""
+    default = cls.Config()
+    changes = {key: value for key, value in cls.sampled_options.items()
+               if getattr(config, key) == getattr(default, key)}
+    return replace(config, **changes)
 
 
 class IterateLog:

@@ -32,9 +32,7 @@ import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import datetime  # noqa: E402
 import json  # noqa: E402
-import math  # noqa: E402
 import multiprocessing  # noqa: E402
-import platform  # noqa: E402
 import queue  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
@@ -50,11 +48,13 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from nashpref.equilibrium import solve_equilibrium  # noqa: E402
-from nashpref.exact import log_schedule, run_exact  # noqa: E402
+from nashpref.exact import run_exact  # noqa: E402
 from nashpref.game import PreferenceGame  # noqa: E402
 from nashpref.gamefile import build_game, load_game  # noqa: E402
 from nashpref.solvers import REGISTRY  # noqa: E402
 from nashpref.solvers._shared_b import hedge_step  # noqa: E402
+from nashpref.benchmarks.tabular import (compact_json, fmt_gap, machine_info, md_table, race_plot,  # noqa: E402
+                                         sampled_row)
 
 REPO = Path(__file__).resolve().parents[1]
 PARTS = ("a", "b", "c", "d")
@@ -131,37 +131,14 @@ def _timed_call(channel, target, args) -> None:
             channel.put((None, None, repr(err)))
 
 
-def fmt_gap(x: float | None) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "–"
-    return f"{x:.1e}" if abs(x) < 1e-2 or abs(x) >= 1e3 else f"{x:.3g}"
-
-
 def fmt_s(x: float | None) -> str:
     if x is None:
         return "–"
     return f"{x * 1e3:.2f} ms" if x < 1 else f"{x:.2f} s"
 
 
-def md_table(headers: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def cpu_model() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
 def machine() -> dict:
-    info = {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-            "scipy": scipy.__version__, "torch_threads": torch.get_num_threads()}
+    info = machine_info() | {"scipy": scipy.__version__}
     for module in ("cvxpy", "clarabel", "nashpy"):
         try:
             info[module] = __import__(module).__version__
@@ -565,7 +542,7 @@ def report_c(part: dict) -> str:
 
 # ---- (d) sampled mode -------------------------------------------------------------------------------------------
 def part_d(args) -> dict:
-    from nashpref.sampled import SampledConfig, run_sampled
+    from nashpref.sampled import SampledConfig
     iterations = 200 if args.quick else args.sampled_iterations
     seeds = list(range(args.sampled_seeds))
     runs, start_gaps = [], {}
@@ -576,61 +553,41 @@ def part_d(args) -> dict:
             for seed in seeds:
                 config = SampledConfig(iterations=iterations, samples=args.samples, labels=args.labels,
                                        lr=args.sampled_lr, optimizer="adam", seed=seed)
-                start = time.perf_counter()
                 try:
-                    run = run_sampled(game, cls(), config)
+                    row = sampled_row(game, cls(), config, curve_points=150, thresholds=SAMPLED_THRESHOLDS)
                 except NotImplementedError as err:
                     runs.append({"game": game_name, "solver": name, "seed": seed, "error": str(err)})
                     continue
-                rows = [{"iteration": m["iteration"], "queries": m["queries"], "gap": m["gap"]} for m in run.metrics]
-                ticks = set(log_schedule(len(rows), 150))
-                runs.append({"game": game_name, "solver": name, "seed": seed, "seconds": time.perf_counter() - start,
-                             "final_gap": rows[-1]["gap"], "lowest_gap": min(r["gap"] for r in rows),
-                             "total_queries": rows[-1]["queries"],
-                             "reach": {str(thr): queries_to_reach(rows, thr) for thr in SAMPLED_THRESHOLDS},
+                contexts = game.num_contexts       # the row counts queries per context; part (d) per game
+                curve = row["curve"]
+                runs.append({"game": game_name, "solver": name, "seed": seed, "seconds": row["loop_seconds"],
+                             "final_gap": row["final_gap"], "lowest_gap": row["lowest_gap"],
+                             "total_queries": row["queries"],
+                             "reach": {key: None if hit is None else round(hit["queries"] * contexts)
+                                       for key, hit in row["reach"].items()},
                              # [iteration, queries, gap] on ~150 log-spaced iterations: enough for the plot
-                             "curve": [[r["iteration"], r["queries"], r["gap"]] for k, r in enumerate(rows)
-                                       if k + 1 in ticks]})
-                print(f"(d) {game_name} {name} seed {seed}: final gap {rows[-1]['gap']:.3g} after "
-                      f"{rows[-1]['queries']} queries", flush=True)
+                             "curve": [[i, round(q * contexts), g] for i, q, g in
+                                       zip(curve["iteration"], curve["queries"], curve["gap"])]})
+                print(f"(d) {game_name} {name} seed {seed}: final gap {row['final_gap']:.3g} after "
+                      f"{row['queries']} queries", flush=True)
     plot_d(Path(args.out) / "sampled_queries.png", runs)
     return {"iterations": iterations, "samples": args.samples, "labels": args.labels, "lr": args.sampled_lr,
             "optimizer": "adam", "seeds": seeds, "tau": 0.1, "runs": runs, "start_gaps": start_gaps}
 
 
-def queries_to_reach(rows: list[dict], threshold: float) -> int | None:
-    """Queries at the first iterate from which the gap stays ≤ ``threshold`` to the end of the run."""
-    reached = None
-    for row in rows:
-        if row["gap"] <= threshold:
-            reached = row["queries"] if reached is None else reached
-        else:
-            reached = None
-    return reached
-
-
 def plot_d(path: Path, runs: list[dict]) -> None:
-    figure = Figure(figsize=(5 * len(SAMPLED_GAMES), 4.2), layout="constrained")
-    FigureCanvasAgg(figure)
-    for k, game_name in enumerate(SAMPLED_GAMES):
-        axis = figure.add_subplot(1, len(SAMPLED_GAMES), k + 1)
+    panels = []
+    for game_name in SAMPLED_GAMES:
+        lines = {}
         for name in REGISTRY:
             mine = [r for r in runs if r["game"] == game_name and r["solver"] == name and "curve" in r]
-            if not mine:
-                continue
-            queries = [point[1] for point in mine[0]["curve"]]
-            gaps = [statistics.median(r["curve"][i][2] for r in mine) for i in range(len(queries))]
-            style = dict(color="black", ls="--", lw=1.8) if name == "iterative-dpo" else dict(lw=1.2)
-            axis.loglog(queries, [max(g, 1e-16) for g in gaps], label=name, **style)
-        for threshold in SAMPLED_THRESHOLDS:
-            axis.axhline(threshold, color="grey", ls=":", lw=0.8)
-        axis.set_title(f"{game_name}, τ = 0.1 (sampled)")
-        axis.set_xlabel("preference queries (per game, all contexts)")
-        axis.set_ylabel("duality gap (max over contexts)")
-        axis.grid(True, which="major", alpha=0.3)
-        if k == 0:
-            axis.legend(fontsize=7)
-    figure.savefig(path, dpi=110)
+            if mine:
+                points = range(len(mine[0]["curve"]))
+                lines[name] = ([mine[0]["curve"][i][1] for i in points],
+                               [statistics.median(r["curve"][i][2] for r in mine) for i in points])
+        panels.append({"title": f"{game_name}, τ = 0.1 (sampled)", "lines": lines})
+    race_plot(path, panels, xlabel="preference queries (per game, all contexts)", thresholds=SAMPLED_THRESHOLDS,
+              title="(d) sampled training: duality gap (max over contexts), every solver with its defaults")
 
 
 def report_d(part: dict) -> str:
@@ -676,17 +633,6 @@ TITLES = {"a": "(a) Exact equilibrium: ours vs cvxpy (CLARABEL) and nashpy",
           "b": "(b) The EGPO exact-tabular table (algorithms.md §6.4)",
           "c": "(c) Batched throughput: one exact step vs one torch.bmm",
           "d": "(d) Sampled mode: gap vs preference queries"}
-
-
-def to_json(value, depth: int = 0) -> str:
-    """JSON with one key per line, but lists of plain values (curves, load averages) on a single line."""
-    pad, inner = " " * depth, " " * (depth + 1)
-    if isinstance(value, dict) and value:
-        items = [f"{inner}{json.dumps(str(k))}: {to_json(v, depth + 1)}" for k, v in value.items()]
-        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
-    if isinstance(value, (list, tuple)) and any(isinstance(v, dict) for v in value):
-        return "[\n" + ",\n".join(inner + to_json(v, depth + 1) for v in value) + "\n" + pad + "]"
-    return json.dumps(value, default=float, ensure_ascii=False)
 
 
 def write_report(out: Path, results: dict) -> None:
@@ -755,7 +701,7 @@ def main(argv=None) -> None:
         result = RUNNERS[part](args)
         info |= {"seconds": time.perf_counter() - start, "load_after": list(os.getloadavg())}
         results[part] = {"stamp": info, "result": result}
-        path.write_text(to_json(results) + "\n")
+        path.write_text(compact_json(results) + "\n")
         write_report(out, results)
     print(f"wrote {out / 'tabular.md'} and {path}")
 

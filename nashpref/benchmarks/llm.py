@@ -377,12 +377,8 @@ def report(config: LLMBenchConfig, budget: Budget, meta: dict, summary: dict, ev
              f"Setup (size `{config.size}`): a tiny Llama ({setup_info['model']['hidden']} hidden, "
              f"{setup_info['model']['layers']} layers) pre-trained on the tiny grammar by `make_tiny_model`, then "
              f"SFT'd for {setup_info['sft_steps']} steps on {setup_info['sft_dialogues']} styled dialogues (styles "
-             f"{setup_info['style_shares_in_sft']}, {setup_info['off_topic_share_in_sft']:.0%} off-topic). μ on the "
-             f"held-out prompts: styles "
-             + ", ".join(f"{s} {v:.2f}" for s, v in setup_info["reference_on_heldout"]["styles"].items())
-             + f"; well formed {setup_info['reference_on_heldout']['well_formed']:.2f}; on topic "
-             f"{setup_info['reference_on_heldout']['on_topic']:.2f}; distinct responses per prompt "
-             f"{setup_info['reference_on_heldout']['distinct']:.2f}.", "",
+             f"{setup_info['style_shares_in_sft']}, {setup_info['off_topic_share_in_sft']:.0%} off-topic); "
+             "μ's own scores are the first row of the table.", "",
              f"Oracle `{ORACLE}` (ground truth): three raters rank the styles warm > cold > plain, cold > plain > "
              "warm, plain > warm > cold; each votes σ(3 (u(a) − u(b))) with u = (2 − rank) + ½·quality, quality = ½ "
              "on topic + ½ well formed. Its majority over styles is a cycle (P(warm ≻ cold) = P(cold ≻ plain) = "
@@ -413,7 +409,8 @@ def report(config: LLMBenchConfig, budget: Budget, meta: dict, summary: dict, ev
               + ", ".join(f"{c} {p:.2f}" for c, p in zip(game["classes"], game["equilibrium"]))
               + "; μ: " + ", ".join(f"{c} {p:.2f}" for c, p in zip(game["classes"], game["mu"])) + ".", "",
               "## Time per iteration (median over iterations 2…T and seeds)", "",
-              "| method | sampling | judging | training | weight sync | total | preference queries | samples |",
+              "| method | sampling | judging | training | weight sync | total (median of the sums) | "
+              "preference queries | samples |",
               "|---|---|---|---|---|---|---|---|"]
     for method, entry in summary.items():
         t = entry["seconds_per_iteration"]

@@ -1,0 +1,651 @@
+"""``nashpref bench tabular``: every solver races iterative DPO on the shipped tabular games.
+
+*Exact mode* runs each solver's exact dynamics (default options) for the same number of iterations. *Sampled
+mode* trains a tabular policy with each solver's per-sample loss under the same budget of preference queries
+per context: a solver runs budget // (what one of its rounds queries) iterations, counted by running one round.
+Every iterate is measured against the exact game. Writes OUT/README.md (tables, winners, the command),
+OUT/results.json (every curve and setting) and OUT/exact.png, OUT/sampled.png, all at once at the end.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import torch
+import tyro
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from tqdm import tqdm
+
+from nashpref.equilibrium import solve_equilibrium
+from nashpref.exact import ExactRun, iterate_metrics, log_schedule, run_exact
+from nashpref.game import GameError, PreferenceGame
+from nashpref.gamefile import list_games, load_game
+from nashpref.outputs import check_output_dir, jsonable, staged_output
+from nashpref.sampled import (SampledConfig, recommended_options, recommended_values, run_sampled, single_thread,
+                              validate_config)
+from nashpref.solvers import REGISTRY, Solver
+
+MODES = ("exact", "sampled")
+THRESHOLDS = (1e-2, 1e-6)
+BASELINE = "iterative-dpo"
+FULL = {"exact_iterations": 2000, "large_game_iterations": 500, "query_budget": 100_000, "seeds": (0, 1)}
+QUICK = {"exact_iterations": 200, "large_game_iterations": 100, "query_budget": 20_000, "seeds": (0,)}
+LARGE_GAME = 1000           # (context, action) pairs above which a game counts as large in exact mode
+FLOOR = 1e-16               # gaps at or below this (rounding, or exactly 0) are drawn and compared here
+PRECISION = 1e-12           # a final gap below this is called converged to machine precision
+POLICY_ENTRIES = 1000       # final policies are stored for games with at most this many (context, action) pairs
+TIMING_CALLS = 25           # exact evaluations timed to estimate their share of a run's time
+MEASURING_SHARE = 0.05      # above this share of an exact run's time, its seconds come from an unmeasured rerun
+MARKERS = "osD^vPX*<>"
+PLOT_POINTS = 150           # log-spaced points per line drawn (curves may be stored in full)
+
+
+def shipped_games() -> tuple[str, ...]:
+    return tuple(info.name for info in list_games())
+
+
+def registered_solvers() -> tuple[str, ...]:
+    return tuple(REGISTRY)
+
+
+@dataclass
+class TabularBenchConfig:
+    """Race every solver against iterative DPO on the shipped tabular games, in exact and sampled mode; write
+    OUT/README.md (tables, winner per game, the command), OUT/results.json (every curve) and one plot per mode."""
+
+    out: Path = Path("bench/tabular-race")
+    """Output folder; its files are replaced only once the whole run has succeeded."""
+    games: tuple[str, ...] = field(default_factory=shipped_games)
+    """Games: NAMEs of shipped games (see `nashpref games`) or paths to .toml files. Default: every shipped game."""
+    solvers: tuple[str, ...] = field(default_factory=registered_solvers)
+    """Solvers to race. Default: every registered solver, iterative-dpo included."""
+    modes: tuple[Literal["exact", "sampled"], ...] = MODES
+    """exact: each solver's exact dynamics with exact win-rates; sampled: training a tabular policy with its
+    per-sample loss on sampled responses and preference queries."""
+    exact_iterations: Annotated[int | None, tyro.conf.arg(metavar="N")] = None
+    """[exact] Iterations of every solver (default 2000; 200 with --quick)."""
+    large_game_iterations: Annotated[int | None, tyro.conf.arg(metavar="N")] = None
+    """[exact] Iterations on games with more than 1000 (context, action) pairs, such as batch-256, where one
+    iterative-DPO round (a Bradley-Terry fit) costs ~30 ms (default 500; 100 with --quick; at most
+    --exact-iterations)."""
+    query_budget: Annotated[int | None, tyro.conf.arg(metavar="Q")] = None
+    """[sampled] Preference queries per context, the same for every solver, which runs budget // (its queries
+    per context and iteration) iterations (default 100000; 20000 with --quick)."""
+    seeds: Annotated[tuple[int, ...] | None, tyro.conf.arg(metavar="S")] = None
+    """[sampled] Seeds, one run each; the tables show medians over seeds (default 0 1; 0 with --quick)."""
+    recommended: bool = True
+    """[sampled] Each solver's tuned tabular settings (its sampled_defaults and sampled_options, as `solve
+    --recommended`; their iteration count is replaced by the budget's); else the generic sampled defaults."""
+    tau: Annotated[float | None, tyro.conf.arg(metavar="X")] = None
+    """KL strength τ ≥ 0 for every game, overriding the game files (at 0, solvers that need τ > 0 are skipped)."""
+    quick: bool = False
+    """A tiny run (a smoke test): the budgets left unset take their --quick values."""
+    curve_points: int = 80
+    """Points per curve kept in results.json (log-spaced; every iteration of shorter runs)."""
+    progress: bool = True
+    """Show a progress bar over the runs on stderr (on a terminal only)."""
+
+
+@dataclass
+class Plan:
+    """A validated config: loaded games, resolved budgets and what is skipped."""
+
+    games: dict[str, PreferenceGame]
+    solvers: list[str]
+    modes: list[str]
+    iterations: int
+    large_iterations: int
+    budget: int
+    seeds: tuple[int, ...]
+    skipped: list[dict] = field(default_factory=list)
+    sampled: dict[str, dict] = field(default_factory=dict)     # solver → its sampled settings
+
+
+# ---- validation ------------------------------------------------------------------------------------------------
+def make_plan(config: TabularBenchConfig) -> Plan:
+    """Check every option, load the games and resolve the budgets; GameError (one line) on bad input."""
+    check_output_dir(Path(config.out))
+    check_writable(Path(config.out))
+    defaults = QUICK if config.quick else FULL
+    iterations = positive_int("exact_iterations", config.exact_iterations, defaults["exact_iterations"])
+    large = positive_int("large_game_iterations", config.large_game_iterations, defaults["large_game_iterations"])
+    budget = positive_int("query_budget", config.query_budget, defaults["query_budget"])
+    positive_int("curve_points", config.curve_points, 1)
+    seeds = defaults["seeds"] if config.seeds is None else distinct(config.seeds, "seeds")
+    if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
+        raise GameError(f"bench tabular: seeds must be integers >= 0, got {seeds!r}")
+    modes = distinct(config.modes, "modes")
+    solvers = distinct(config.solvers, "solvers")
+    for kind, chosen, known in (("mode", modes, MODES), ("solver", solvers, tuple(REGISTRY))):
+        unknown = [x for x in chosen if x not in known]
+        if unknown:
+            raise GameError(f"bench tabular: unknown {kind} {unknown[0]!r} (choose from: {', '.join(known)})")
+    games = {spec: load_game(spec, config.tau) for spec in distinct(config.games, "games")}
+    plan = Plan(games=games, solvers=list(solvers), modes=list(modes), iterations=iterations,
+                large_iterations=min(large, iterations), budget=budget, seeds=tuple(seeds))
+    for label, game in games.items():
+        for name in solvers:
+            if REGISTRY[name].needs_tau and game.tau == 0:
+                plan.skipped.append({"game": label, "solver": name, "reason": f"{name} needs τ > 0"})
+    if "sampled" in modes:
+        plan.sampled = {name: sampled_settings(name, config.recommended) for name in solvers}
+    return plan
+
+
+def check_writable(out: Path) -> None:
+    """GameError unless the output folder (or the nearest folder that exists above it) can be written."""
+    existing = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise GameError(f"bench tabular: --out {out}: {existing} is not writable")
+
+
+def positive_int(name: str, value, default: int) -> int:
+    value = default if value is None else value
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise GameError(f"bench tabular: {name} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def distinct(values, name: str) -> tuple:
+    """``values`` without repeats (first occurrence kept); GameError when empty or not a list."""
+    if isinstance(values, str) or not isinstance(values, (tuple, list)) or not values:
+        raise GameError(f"bench tabular: {name} must be a non-empty list, got {values!r}")
+    return tuple(dict.fromkeys(values))
+
+
+def sampled_settings(name: str, recommended: bool) -> dict:
+    """A solver's sampled-mode options and SampledConfig fields (all but iterations and seed), and which of
+    them come from its tuned recommendations."""
+    cls = REGISTRY[name]
+    options = recommended_options(cls, cls.Config()) if recommended else cls.Config()
+    generic = SampledConfig()
+    values = {key: getattr(generic, key) for key in ("samples", "lr", "optimizer", "epochs")}
+    tuned_iterations = None
+    if recommended:
+        values = recommended_values(cls(options), values)
+        tuned_iterations = cls(options).sampled_defaults.get("iterations")
+    changed = [k for k, v in values.items() if v != getattr(generic, k)]
+    changed += [f.name for f in fields(options) if getattr(options, f.name) != getattr(cls.Config(), f.name)]
+    return {"options": options, "values": values, "tuned": changed, "tuned_iterations": tuned_iterations}
+
+
+# ---- one run -----------------------------------------------------------------------------------------------------
+def reached_at(rows: list[dict], threshold: float, key: str = "gap") -> int | None:
+    """The iteration from which ``key`` stays ≤ ``threshold`` to the last row (None if the last is above);
+    ``rows`` hold consecutive iterations."""
+    start = len(rows)
+    while start > 0 and rows[start - 1][key] <= threshold:
+        start -= 1
+    return rows[start]["iteration"] if start < len(rows) else None
+
+
+def race_row(game: PreferenceGame, solver: Solver, run: ExactRun, seconds: float, curve_points: int,
+             equilibrium: torch.Tensor | None = None, per_iteration: float | None = None,
+             thresholds: tuple[float, ...] = THRESHOLDS) -> dict:
+    """A run's numbers: final gaps, when each threshold is reached for good, a thinned curve, the seconds.
+    ``per_iteration`` (sampled mode) is the queries per context and iteration."""
+    rows = run.metrics
+
+    def reach(key: str) -> dict:
+        out = {}
+        for threshold in thresholds:
+            at = reached_at(rows, threshold, key)
+            out[f"{threshold:g}"] = None if at is None else \
+                {"iteration": at} | ({} if per_iteration is None else {"queries": at * per_iteration})
+        return out
+
+    keep = set(log_schedule(len(rows), curve_points))
+    kept = [r for r in rows if r["iteration"] in keep]
+    keys = ["iteration", "gap", "gap_unregularized"] + (["gap_last"] if "gap_last" in rows[-1] else [])
+    curve = {key: [r[key] for r in kept] for key in keys}
+    if per_iteration is not None:
+        curve["queries"] = [r["iteration"] * per_iteration for r in kept]
+    row = {"iterate": solver.iterate, "iterations": run.iterations, "seconds": seconds,
+           "final_gap": rows[-1]["gap"], "final_gap_unregularized": rows[-1]["gap_unregularized"],
+           "lowest_gap": min(r["gap"] for r in rows), "reach": reach("gap"),
+           "reach_unregularized": reach("gap_unregularized"), "curve": curve}
+    if "gap_last" in rows[-1]:
+        row["final_gap_last"] = rows[-1]["gap_last"]
+    if equilibrium is not None and game.tau > 0:    # π*_τ is unique: the scored iterate's L1 distance to it
+        row["distance_to_equilibrium"] = (run.policies - equilibrium).abs().sum(-1).max().item()
+    if game.num_contexts * game.num_actions <= POLICY_ENTRIES:
+        row["policy"] = run.policies
+    return row
+
+
+def exact_row(game: PreferenceGame, solver: Solver, iterations: int, curve_points: int,
+              equilibrium: torch.Tensor) -> dict:
+    """Exact dynamics measured at every iteration. Where measuring is a sizeable share of the time (cheap steps),
+    the seconds come from a second, unmeasured run of the same deterministic dynamics; else the measuring,
+    timed apart, is subtracted (iterative DPO's steps cost 100× an evaluation, and a rerun would double them)."""
+    run = run_exact(game, solver, iterations, log_points=iterations)
+    evaluation = iterations * evaluation_seconds(game, run)
+    if evaluation > MEASURING_SHARE * run.seconds:
+        seconds, timing = run_exact(game, solver, iterations, log_points=2).seconds, "unmeasured rerun"
+    else:
+        seconds, timing = run.seconds - evaluation, "minus measuring"
+    return race_row(game, solver, run, seconds, curve_points, equilibrium) | {"timing": timing}
+
+
+def sampled_row(game: PreferenceGame, solver: Solver, config: SampledConfig, curve_points: int,
+                equilibrium: torch.Tensor | None = None, thresholds: tuple[float, ...] = THRESHOLDS) -> dict:
+    """Sampled training; its seconds are the loop's minus the exact evaluation of every iterate (timed
+    separately), which the loop includes."""
+    run = run_sampled(game, solver, config)
+    evaluation = run.iterations * evaluation_seconds(game, run)
+    total_queries = run.metrics[-1]["queries"]
+    per_iteration = total_queries / run.iterations / game.num_contexts
+    row = race_row(game, solver, run, max(run.seconds - evaluation, 0.0), curve_points, equilibrium,
+                   per_iteration, thresholds)
+    return row | {"loop_seconds": run.seconds, "evaluation_seconds": evaluation, "queries": total_queries,
+                  "queries_per_context": total_queries / game.num_contexts}
+
+
+def evaluation_seconds(game: PreferenceGame, run: ExactRun) -> float:
+    """Median seconds of one exact evaluation of an iterate (what IterateLog adds to every sampled iteration)."""
+    times = []
+    for _ in range(TIMING_CALLS):
+        start = time.perf_counter()
+        iterate_metrics(game, run.policies, run.last_policies, 1)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def queries_per_round(game: PreferenceGame, solver: Solver, values: dict) -> int:
+    """Preference queries (all contexts) of one round, counted by running it."""
+    return run_sampled(game, solver, SampledConfig(iterations=1, **values)).metrics[-1]["queries"]
+
+
+def game_reference(game: PreferenceGame) -> dict:
+    """The game's size, the gap at μ, the exact equilibrium π*_τ and, for τ > 0, the τ-gap of the τ = 0
+    equilibrium (from the LP), where SPPO and DNO head."""
+    equilibrium = solve_equilibrium(game)
+    info = {"name": game.name, "contexts": game.num_contexts, "actions": game.num_actions, "tau": game.tau,
+            "gap_at_mu": game.gap(game.mu).max().item(), "equilibrium_gap": equilibrium.gap.max().item(),
+            "equilibrium": equilibrium.policy}
+    if game.tau > 0:
+        info["unregularised_equilibrium_gap"] = game.gap(solve_equilibrium(game.with_tau(0.0)).policy).max().item()
+    return info
+
+
+# ---- the race ----------------------------------------------------------------------------------------------------
+def run_bench_tabular(config: TabularBenchConfig) -> int:
+    """Run every (game, solver, mode[, seed]) of ``config`` and write its folder; 0 on success. Bad input
+    raises GameError before anything is written."""
+    start, load_before = time.perf_counter(), os.getloadavg()
+    with single_thread():
+        plan = make_plan(config)
+        references = {label: game_reference(game) for label, game in plan.games.items()}
+        tasks = race_tasks(plan)
+        runs, mode_seconds = [], {mode: 0.0 for mode in plan.modes}
+        with tqdm(total=len(tasks), desc="bench tabular", unit="run", file=sys.stderr, leave=False,
+                  disable=None if config.progress else True, dynamic_ncols=True) as bar:
+            for task in tasks:
+                bar.set_postfix_str(f"{task['mode']} {task['game']} {task['solver']}", refresh=False)
+                began = time.perf_counter()
+                runs.append(task | run_task(plan, task, config.curve_points,
+                                            references[task["game"]]["equilibrium"]))
+                mode_seconds[task["mode"]] += time.perf_counter() - began
+                bar.update()
+    report = {"command": command_line(config), "argv": sys.argv,
+              "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+              "machine": machine_info(), "load_before": list(load_before), "config": asdict(config),
+              "exact_iterations": plan.iterations, "large_game_iterations": plan.large_iterations,
+              "query_budget": plan.budget, "seeds": list(plan.seeds),
+              "thresholds": list(THRESHOLDS), "games": references, "skipped": plan.skipped,
+              "sampled_settings": {name: {"options": asdict(s["options"]), **s["values"], "tuned": s["tuned"],
+                                          "recommended_iterations": s["tuned_iterations"]}
+                                   for name, s in plan.sampled.items()},
+              "mode_seconds": mode_seconds, "runs": runs}
+    report = jsonable(report)       # plain JSON values from here on: the markdown is made from what is stored
+    with staged_output(Path(config.out)) as staging:
+        for mode in plan.modes:
+            plot_mode(staging / f"{mode}.png", report, mode)
+        report |= {"load_after": list(os.getloadavg()), "seconds": time.perf_counter() - start}
+        (staging / "results.json").write_text(compact_json(report) + "\n", encoding="utf-8")
+        (staging / "README.md").write_text(markdown(report), encoding="utf-8")
+    return 0
+
+
+def race_tasks(plan: Plan) -> list[dict]:
+    """Every (mode, game, solver[, seed]) to run, with its iteration count. Sampled iteration counts come from
+    one counted round per game and solver; a budget below one round is a GameError."""
+    skipped = {(s["game"], s["solver"]) for s in plan.skipped}
+    tasks = []
+    for mode in plan.modes:
+        for label, game in plan.games.items():
+            for name in plan.solvers:
+                if (label, name) in skipped:
+                    continue
+                if mode == "exact":
+                    large = game.num_contexts * game.num_actions > LARGE_GAME
+                    tasks.append({"mode": mode, "game": label, "solver": name, "seed": None,
+                                  "iterations": plan.large_iterations if large else plan.iterations})
+                    continue
+                settings = plan.sampled[name]
+                per_round = queries_per_round(game, REGISTRY[name](settings["options"]), settings["values"])
+                iterations = plan.budget * game.num_contexts // per_round
+                if iterations < 1:
+                    raise GameError(f"bench tabular: query_budget {plan.budget} is below one round of {name} on "
+                                    f"{label} ({per_round / game.num_contexts:g} queries per context)")
+                tasks += [{"mode": mode, "game": label, "solver": name, "seed": seed, "iterations": iterations}
+                          for seed in plan.seeds]
+    return tasks
+
+
+def run_task(plan: Plan, task: dict, curve_points: int, equilibrium: torch.Tensor) -> dict:
+    game = plan.games[task["game"]]
+    if task["mode"] == "exact":
+        solver = REGISTRY[task["solver"]]()
+        return exact_row(game, solver, task["iterations"], curve_points, equilibrium) | \
+            {"options": solver.config}
+    settings = plan.sampled[task["solver"]]
+    config = SampledConfig(iterations=task["iterations"], seed=task["seed"], **settings["values"])
+    validate_config(config)
+    solver = REGISTRY[task["solver"]](settings["options"])
+    return sampled_row(game, solver, config, curve_points, equilibrium) | {"options": solver.config,
+                                                                         "sampled": config}
+
+
+# ---- provenance --------------------------------------------------------------------------------------------------
+def command_line(config: TabularBenchConfig) -> str:
+    """The `nashpref bench tabular` command that reproduces ``config`` (options left at their defaults omitted)."""
+    default = TabularBenchConfig()
+    words = ["nashpref", "bench", "tabular"]
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if value == getattr(default, f.name):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            words.append(flag if value else "--no-" + f.name.replace("_", "-"))
+        elif isinstance(value, (tuple, list)):
+            words += [flag, *map(str, value)]
+        else:
+            words += [flag, str(value)]
+    return shlex.join(words)
+
+
+def machine_info() -> dict:
+    cpu = platform.processor() or "unknown"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                    if line.startswith("model name")), cpu)
+    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+            "torch_threads": torch.get_num_threads()}
+
+
+def compact_json(value, depth: int = 0) -> str:
+    """JSON with one key per line, but lists of plain values (curves, load averages) on a single line."""
+    pad, inner = " " * depth, " " * (depth + 1)
+    if isinstance(value, dict) and value:
+        items = [f"{inner}{json.dumps(str(k))}: {compact_json(v, depth + 1)}" for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    if isinstance(value, (list, tuple)) and any(isinstance(v, dict) for v in value):
+        return "[\n" + ",\n".join(inner + compact_json(v, depth + 1) for v in value) + "\n" + pad + "]"
+    return json.dumps(value, default=float, ensure_ascii=False)
+
+
+# ---- summaries ---------------------------------------------------------------------------------------------------
+def summarise(report: dict, mode: str) -> dict[str, dict[str, dict]]:
+    """game → solver → medians over seeds: final gaps, seconds, and per threshold the median iteration / queries
+    of the seeds that reached it (with how many did)."""
+    table: dict[str, dict[str, dict]] = {}
+    for run in report["runs"]:
+        if run["mode"] == mode:
+            table.setdefault(run["game"], {}).setdefault(run["solver"], []).append(run)
+    summary = {}
+    for game, by_solver in table.items():
+        summary[game] = {}
+        for name, runs in by_solver.items():
+            entry = {key: statistics.median(r[key] for r in runs)
+                     for key in ("final_gap", "final_gap_unregularized", "seconds", "iterations")}
+            entry |= {"iterate": runs[0]["iterate"], "seeds": len(runs),
+                      "queries_per_context": runs[0].get("queries_per_context"),
+                      "per_iteration": runs[0]["queries_per_context"] / runs[0]["iterations"]
+                      if "queries_per_context" in runs[0] else None}
+            for key in ("reach", "reach_unregularized"):
+                entry[key] = {}
+                for threshold in runs[0][key]:
+                    hits = [r[key][threshold] for r in runs if r[key][threshold] is not None]
+                    entry[key][threshold] = None if not hits else {
+                        "reached": len(hits), **{x: statistics.median(h[x] for h in hits) for x in hits[0]}}
+            summary[game][name] = entry
+    return summary
+
+
+def winner(entries: dict[str, dict], x: str) -> tuple[list[str], str]:
+    """The solvers fastest (in ``x``: iteration or queries) to reach and hold the smallest threshold anyone
+    reached in every seed; if none did, the lowest final gap."""
+    for threshold in sorted(THRESHOLDS):
+        key = f"{threshold:g}"
+        done = {n: e["reach"][key][x] for n, e in entries.items()
+                if e["reach"][key] is not None and e["reach"][key]["reached"] == e["seeds"]}
+        if done:
+            best = min(done.values())
+            unit = ("iteration" if best == 1 else "iterations") if x == "iteration" else "queries per context"
+            return sorted(n for n, v in done.items() if v == best), f"gap ≤ {key} after {best:,.0f} {unit}"
+    best = min(max(e["final_gap"], PRECISION) for e in entries.values())
+    names = [n for n, e in entries.items() if max(e["final_gap"], PRECISION) == best]
+    return names, f"no threshold reached; lowest final gap {fmt_gap(best)}"
+
+
+def versus_baseline(entries: dict[str, dict]) -> str:
+    """Which solvers end with a lower gap than iterative DPO, and by what factor."""
+    if BASELINE not in entries:
+        return "iterative DPO not run"
+    base = entries[BASELINE]["final_gap"]
+    # gaps below PRECISION (0, -1e-16, 4e-16: rounding) all count as equal
+    lower = {n: e["final_gap"] for n, e in entries.items()
+             if n != BASELINE and max(e["final_gap"], PRECISION) < max(base, PRECISION)}
+    better = sorted(lower.items(), key=lambda item: item[1])
+    worse = [n for n in entries if n != BASELINE and n not in lower]
+    text = f"iterative DPO ends at gap {fmt_gap(base)}; "
+    if better:
+        text += "lower: " + ", ".join(f"{n} {fmt_gap(g)} ({factor(base, g)})" for n, g in better)
+    else:
+        text += "no solver ends lower"
+    return text + (f"; not lower: {', '.join(worse)}" if worse else "")
+
+
+def factor(base: float, gap: float) -> str:
+    if gap <= PRECISION:
+        return "≈ 0: machine precision"
+    return f"{base / gap:.3g}× lower"
+
+
+# ---- markdown ----------------------------------------------------------------------------------------------------
+def fmt_gap(x: float | None) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x:.1e}" if abs(x) < 1e-2 or abs(x) >= 1e3 else f"{x:.3g}"
+
+
+def fmt_seconds(x: float) -> str:
+    return f"{x * 1e3:.0f} ms" if x < 1 else f"{x:.2f} s"
+
+
+def md_table(headers: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+
+
+def reach_cell(hit: dict | None, seeds: int, sampled: bool) -> str:
+    if hit is None:
+        return "not reached"
+    text = f"{hit['queries']:,.0f} q ({hit['iteration']:,.0f} it.)" if sampled else f"{hit['iteration']:,.0f}"
+    return text + (f" ({hit['reached']}/{seeds} seeds)" if hit["reached"] < seeds else "")
+
+
+def markdown(report: dict) -> str:
+    machine = report["machine"]
+    lines = ["# Solver race on the shipped tabular games: Nash solvers vs iterative DPO", "",
+             "```", report["command"], "```", "",
+             f"Written by the command above on {report['date']} — {machine['cpu']}, {machine['cores']} cores, "
+             f"Python {machine['python']}, torch {machine['torch']}, numpy {machine['numpy']}, "
+             f"{machine['torch_threads']} torch thread; load average {report['load_before'][0]:.1f} before / "
+             f"{report['load_after'][0]:.1f} after; {report['seconds']:.0f} s in all ("
+             + ", ".join(f"{m} {s:.0f} s" for m, s in report["mode_seconds"].items()) + "). "
+             "Full curves and settings: [results.json](results.json).", "",
+             "*Gap* is the exact duality gap at the game's τ (worst context) of the iterate each solver's guarantee "
+             "is about: the last iterate, or the average for SPPO and DNO, which solve the unregularised game and "
+             "so head for π*₀, whose τ-gap is listed per game; their Gap₀ (unregularised gap) is also given. A "
+             "threshold is *reached* at the first iteration from which the gap stays at or below it to the end of "
+             "the run. Seconds are the solver's own, without imports or the measuring of iterates (exact mode: a "
+             "second, unmeasured run of the same deterministic dynamics where measuring is ≥ 5% of the time, "
+             "else the run's time minus the measuring, timed apart; sampled mode: the loop's time minus the exact "
+             "evaluation of every iterate, timed apart).", "",
+             "## Games", ""]
+    lines.append(md_table(["game", "contexts × actions", "τ", "gap at μ", "τ-gap of π*₀ (SPPO/DNO's target)"],
+                          [[g, f"{r['contexts']} × {r['actions']}", f"{r['tau']:g}", fmt_gap(r["gap_at_mu"]),
+                            fmt_gap(r.get("unregularised_equilibrium_gap"))] for g, r in report["games"].items()]))
+    at_start = [g for g, r in report["games"].items() if r["gap_at_mu"] <= PRECISION]
+    if at_start:
+        lines.append(f"\n{', '.join(at_start)} start at their equilibrium (π*_τ = μ): there the race shows which "
+                     "solvers stay at it.")
+    for skip in report["skipped"]:
+        lines.append(f"\nSkipped {skip['solver']} on {skip['game']}: {skip['reason']}.")
+    for mode in ("exact", "sampled"):
+        if any(r["mode"] == mode for r in report["runs"]):
+            lines += ["", mode_section(report, mode)]
+    return "\n".join(lines) + "\n"
+
+
+def mode_section(report: dict, mode: str) -> str:
+    sampled = mode == "sampled"
+    summary = summarise(report, mode)
+    if sampled:
+        head = [f"## Sampled mode: {report['query_budget']:,} preference queries per context for every solver",
+                "", f"Seeds {', '.join(map(str, report['seeds']))} (medians over seeds), exact preference "
+                "probabilities as labels, every context in every round. Each solver's iterations are the budget "
+                "divided by what one of its rounds queries per context (counted by running one round). Settings "
+                "(tuned: the fields taken from the solver's recommended tabular settings):", "",
+                settings_table(report, summary)]
+    else:
+        large = [g for g, r in report["games"].items() if r["contexts"] * r["actions"] > LARGE_GAME]
+        fewer = (f" On {', '.join(large)} (more than {LARGE_GAME} context-action pairs) every solver runs "
+                 f"{report['large_game_iterations']:,} iterations instead, to keep the run short: there one "
+                 "iterative-DPO round alone takes ~30 ms.") if large else ""
+        head = [f"## Exact mode: {report['exact_iterations']:,} iterations of every solver's exact dynamics", "",
+                "Each solver with its default options, exact win-rates (no queries). Iterative DPO fits a "
+                "Bradley-Terry model to the preference under π_t ⊗ π_t each round and takes Gibbs(μ, scores/τ)."
+                + fewer]
+    x = "queries" if sampled else "iteration"
+    verdicts, comparisons = [], []
+    for game, entries in summary.items():
+        names, why = winner(entries, x)
+        verdicts.append(f"- **{game}**: {', '.join(names)} ({why})")
+        comparisons.append(f"- **{game}**: {versus_baseline(entries)}")
+    head += ["", f"![{mode} mode: gap per game]({mode}.png)", "",
+             "**Winner per game** (fastest to reach and hold the smallest threshold that some solver holds in "
+             "every seed; else the lowest final gap):", "", *verdicts, "",
+             "**Against iterative DPO** (final gaps):", "", *comparisons, ""]
+    rows = []
+    for game, entries in summary.items():
+        for name, e in entries.items():
+            spent = [f"{e['queries_per_context']:,.0f}"] if sampled else []
+            rows.append([game, name, e["iterate"], f"{e['iterations']:,.0f}", *spent, fmt_gap(e["final_gap"]),
+                         fmt_gap(e["final_gap_unregularized"]),
+                         *(reach_cell(e["reach"][f"{t:g}"], e["seeds"], sampled) for t in THRESHOLDS),
+                         fmt_seconds(e["seconds"])])
+    unit = "queries" if sampled else "iterations"
+    headers = ["game", "solver", "iterate", "iterations", *(["queries / context"] if sampled else []),
+               "final gap", "Gap₀", *(f"{unit} to gap ≤ {t:g}" for t in THRESHOLDS), "solver seconds"]
+    unregularised = [[g, n, fmt_gap(e["final_gap_unregularized"]),
+                      *(reach_cell(e["reach_unregularized"][f"{t:g}"], e["seeds"], sampled) for t in THRESHOLDS)]
+                     for g, entries in summary.items() for n, e in entries.items() if not REGISTRY[n].needs_tau]
+    note = ""
+    if unregularised:
+        note = ("\n\nSPPO and DNO solve the unregularised game; their own measure, the unregularised gap Gap₀:\n\n"
+                + md_table(["game", "solver", "final Gap₀", *(f"{unit} to Gap₀ ≤ {t:g}" for t in THRESHOLDS)],
+                           unregularised))
+    return "\n".join(head) + "\n" + md_table(headers, rows) + note
+
+
+def settings_table(report: dict, summary: dict) -> str:
+    rows = []
+    for name, s in report["sampled_settings"].items():
+        options = ", ".join(f"{k}={v}" for k, v in s["options"].items()) or "–"
+        per = sorted({entries[name]["per_iteration"] for entries in summary.values() if name in entries})
+        rows.append([name, s["samples"], s["optimizer"], f"{s['lr']:g}", s["epochs"], options,
+                     ", ".join(f"{p:,.0f}" for p in per), ", ".join(s["tuned"]) or "–"])
+    return md_table(["solver", "K", "optimizer", "lr", "epochs", "solver options", "queries / context / iteration",
+                     "tuned"], rows)
+
+
+# ---- plots -------------------------------------------------------------------------------------------------------
+def plot_mode(path: Path, report: dict, mode: str) -> None:
+    """One log-log panel per game: the gap against iterations (exact) or queries per context (sampled), one
+    line per solver (median over seeds), iterative DPO in thick black."""
+    x = "queries" if mode == "sampled" else "iteration"
+    panels = []
+    for game, info in report["games"].items():
+        runs = [r for r in report["runs"] if r["mode"] == mode and r["game"] == game]
+        lines = {}
+        for name in dict.fromkeys(r["solver"] for r in runs):
+            curves = [r["curve"] for r in runs if r["solver"] == name]
+            shown = [k - 1 for k in log_schedule(len(curves[0]["gap"]), PLOT_POINTS)]
+            lines[name] = ([curves[0][x][k] for k in shown],
+                           [statistics.median(c["gap"][k] for c in curves) for k in shown])
+        title = f"{game} (τ = {info['tau']:g}, {info['contexts']}×{info['actions']})"
+        panels.append({"title": title, "lines": lines, "floor": info.get("unregularised_equilibrium_gap")})
+    xlabel = "preference queries per context" if x == "queries" else "iteration"
+    race_plot(path, panels, xlabel=xlabel, title=f"{mode} mode: duality gap (worst context) of every solver")
+
+
+def race_plot(path: Path, panels: list[dict], *, xlabel: str, title: str, thresholds=THRESHOLDS,
+              columns: int = 4) -> None:
+    """A grid of log-log panels ({"title", "lines": {solver: (xs, gaps)}, optional "floor"}), one colour and
+    marker per solver across panels; the baseline thick and black on top; thresholds dotted grey."""
+    names = list(dict.fromkeys(n for p in panels for n in p["lines"]))
+    columns = min(columns, len(panels))
+    rows = math.ceil(len(panels) / columns)
+    figure = Figure(figsize=(4.3 * columns, 3.5 * rows + 0.7), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    for axis, panel in zip(axes, panels):
+        drawn = []
+        for name, (xs, gaps) in panel["lines"].items():
+            k = names.index(name)
+            style = (dict(color="black", lw=2.6, zorder=5) if name == BASELINE else
+                     dict(color=f"C{k % 10}", lw=1.3, marker=MARKERS[k % len(MARKERS)], markersize=3.5,
+                          markevery=(0.04 * k, 0.2) if len(xs) > 10 else None,     # short runs: every point
+                          ls="--" if (xs, gaps) in drawn else "-"))      # a curve on top of an equal one: dashed
+            axis.plot(xs, [max(g, FLOOR) for g in gaps], label=name, **style)
+            drawn.append((xs, gaps))
+        for threshold in thresholds:
+            axis.axhline(threshold, color="grey", ls=":", lw=0.8)
+        if panel.get("floor") is not None and panel["floor"] > FLOOR:
+            axis.axhline(panel["floor"], color="tab:brown", ls="--", lw=0.8, label="τ-gap of π*₀")
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_title(panel["title"], fontsize=9)
+        axis.set_xlabel(xlabel, fontsize=8)
+        axis.set_ylabel("duality gap", fontsize=8)
+        axis.tick_params(labelsize=7)
+        axis.grid(True, which="major", alpha=0.3)
+    for axis in axes[len(panels):]:
+        axis.set_visible(False)
+    legend = {}
+    for axis in axes[:len(panels)]:
+        for handle, label in zip(*axis.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    figure.legend(list(legend.values()), list(legend), loc="outside lower center", ncols=min(len(legend), 9),
+                  fontsize="small")
+    figure.suptitle(title)
+    figure.savefig(path, dpi=100)
