@@ -414,7 +414,9 @@ def run_fit_preference_command(cmd: FitPreferenceConfig) -> int:
 
 # ---- benchmarks ------------------------------------------------------------------------------------------------
 def run_bench_tabular_command(cmd: TabularBenchConfig, command: str) -> int:
-    return run_bench_tabular(cmd)
+    status = run_bench_tabular(cmd)         # it rebuilds its command line from the config itself
+    print(f"wrote {cmd.out / 'README.md'}")
+    return status
 
 
 def run_bench_llm_command(cmd: LLMBenchConfig, command: str) -> int:

@@ -315,3 +315,26 @@ def test_recommended_sampled_settings_are_the_solvers_tuned_ones(tmp_path):
     run = run_sampled(load_game("weighted-rps"), SPPO(options), expected)
     torch.testing.assert_close(torch.tensor(result["policies"], dtype=torch.float64), run.policies,
                                rtol=0, atol=1e-15)
+
+
+def test_bench_tabular_through_the_cli(tmp_path, capsys):
+    """`nashpref bench tabular` runs the race and records the command; EGPO's written policy is the exact
+    equilibrium (checked against solve_equilibrium), iterative DPO's is not; bad input writes nothing."""
+    import json
+
+    from nashpref.equilibrium import solve_equilibrium
+    from nashpref.gamefile import load_game
+
+    out = tmp_path / "race"
+    argv = ["bench", "tabular", "--out", str(out), "--games", "weighted-rps", "--solvers", "egpo", "iterative-dpo",
+            "--modes", "exact", "--quick"]
+    assert main(argv) == 0
+    assert f"wrote {out / 'README.md'}" in capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    assert "nashpref bench tabular" in (out / "README.md").read_text()
+    star = solve_equilibrium(load_game("weighted-rps")).policy[0]
+    runs = {row["solver"]: row for row in results["runs"]}
+    assert runs["egpo"]["policy"][0] == pytest.approx(star.tolist(), abs=1e-6)
+    assert runs["iterative-dpo"]["final_gap"] > 0.1
+    assert main(["bench", "tabular", "--out", str(tmp_path / "bad"), "--solvers", "nope"]) == 2
+    assert not (tmp_path / "bad").exists()

@@ -462,18 +462,25 @@ def plot(summary: dict, evaluation: dict, path: Path) -> None:
     ax = axes[0, 1]
     bars(ax, "exploitability_responses", -0.2, 0.4, "best response from the response pool", "tab:red")
     bars(ax, "class_gap", 0.2, 0.4, "τ-gap in the exact class game", "tab:orange")
-    ref = evaluation["stats"]["reference"]["exploitability_responses"]
-    ax.axhline(ref, color="gray", ls="--", lw=1, label=f"μ: {ref:.3f}")
+    for metric, color in (("exploitability_responses", "tab:red"), ("class_gap", "tab:orange")):
+        value = evaluation["stats"]["reference"][metric]
+        ax.axhline(value, color=color, ls="--", lw=1, label=f"μ: {value:.3f}")
     ax.set_title("distance from equilibrium (lower is better)")
     ax.legend()
     ax = axes[1, 0]
-    bottom = [0.0] * len(methods)
+    game = evaluation["class_game"]
+    reference = evaluation["stats"]["reference"]["styles"]
+    equilibrium = {s: sum(p for c, p in zip(game["classes"], game["equilibrium"]) if c.startswith(s + "/"))
+                   for s in ("warm", "cold", "plain")}
+    columns = methods + ["μ", "π* (class game)"]
+    bottom = [0.0] * len(columns)
     for style, color in (("warm", "tab:orange"), ("cold", "tab:blue"), ("plain", "tab:gray")):
-        shares = [mean_ci(summary[m]["styles"][style])[0] for m in methods]
-        ax.bar(list(x), shares, 0.6, bottom=bottom, label=style, color=color)
-        bottom = [b + s for b, s in zip(bottom, shares)]
-    ax.set_title("style shares of the final policy (mean over seeds)")
-    ax.legend()
+        shares = [mean_ci(summary[m]["styles"][style])[0] for m in methods] + [reference[style], equilibrium[style]]
+        ax.bar(range(len(columns)), shares, 0.6, bottom=bottom, label=style, color=color)
+        bottom = [b + v for b, v in zip(bottom, shares)]
+    ax.set_title("style shares of the final policy (mean over seeds), μ and the equilibrium")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_xticks(range(len(columns)), columns, rotation=30, ha="right")
     ax = axes[1, 1]
     bottom = [0.0] * len(methods)
     for part, color in zip(TIME_PARTS, ("tab:green", "tab:purple", "tab:brown", "tab:pink")):
@@ -482,7 +489,7 @@ def plot(summary: dict, evaluation: dict, path: Path) -> None:
         bottom = [b + v for b, v in zip(bottom, values)]
     ax.set_title("seconds per iteration (median)")
     ax.legend()
-    for ax in axes.flat:
+    for ax in (axes[0, 0], axes[0, 1], axes[1, 1]):
         ax.set_xticks(list(x), methods, rotation=30, ha="right")
     FigureCanvasAgg(figure).print_png(str(path))
 
