@@ -160,7 +160,9 @@ def test_bench_llm_end_to_end_and_resume(tmp_path, monkeypatch):
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/*/metrics.jsonl")}
     run_bench_llm(config)
     assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/*/metrics.jsonl")} == stamps
-    assert json.loads((out / "results.json").read_text())["evaluation"]["stats"] == stats_
+    again = json.loads((out / "results.json").read_text())
+    assert again["evaluation"]["stats"] == stats_
+    assert sorted(again["meta"]["reused_runs"]) == sorted(runs) and results["meta"]["reused_runs"] == []
     # bad input: one line, exit 2, nothing written
     before = sorted(p.name for p in out.iterdir())
     assert main(["bench", "llm", "--out", str(out), "--methods", "nash-md", "nope"]) == 2

@@ -161,7 +161,7 @@ def run_dir(config: LLMBenchConfig, method: str, seed: int) -> Path:
     return config.out / "runs" / method / f"seed-{seed}"
 
 
-def train_all(config: LLMBenchConfig, budget: Budget, setup: Path, kind: str, engine) -> dict:
+def train_all(config: LLMBenchConfig, budget: Budget, setup: Path, kind: str, engine) -> tuple[dict, list]:
     """Train every (method, seed), methods interleaved within a seed so their timings are taken side by side.
     A run whose final/ exists is reused (``run_train`` resumes a partial one from its checkpoint)."""
     from tqdm import tqdm
@@ -169,6 +169,7 @@ def train_all(config: LLMBenchConfig, budget: Budget, setup: Path, kind: str, en
     from nashpref.train import run_train
 
     rows: dict[tuple[str, int], list[dict]] = {}
+    reused = []
     jobs = [(m, s) for s in config.seeds for m in config.methods]
     with tqdm(total=len(jobs), desc="runs", unit="run", file=sys.stderr, disable=not config.progress or None,
               dynamic_ncols=True) as bar:
@@ -177,13 +178,15 @@ def train_all(config: LLMBenchConfig, budget: Budget, setup: Path, kind: str, en
             metrics = out / "metrics.jsonl"
             finished = (out / "final").is_dir() and metrics.exists() and \
                 len(metrics.read_text(encoding="utf-8").splitlines()) >= budget.iterations
-            if not finished:
+            if finished:
+                reused.append(f"{method}/seed-{seed}")
+            else:
                 bar.set_postfix_str(f"{method} seed {seed}")
                 run_train(train_config(config, budget, setup, method, seed, kind), engine=engine,
                           progress=config.progress)
             rows[(method, seed)] = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines()]
             bar.update()
-    return rows
+    return rows, reused
 
 
 # ---- evaluation ------------------------------------------------------------------------------------------------
@@ -342,6 +345,7 @@ def summarise(config: LLMBenchConfig, rows: dict, evaluation: dict) -> dict:
             sum(r[f"{part}_seconds"] for part in TIME_PARTS) for r in iterations)
         entry["queries_per_iteration"] = statistics.median(r["pairs"] for r in iterations)
         entry["samples_per_iteration"] = statistics.median(r["samples"] for r in iterations)
+        entry["queries_per_run"] = statistics.median(rows[(method, s)][-1]["queries"] for s in config.seeds)
         summary[method] = entry
     return summary
 
@@ -372,7 +376,10 @@ def report(config: LLMBenchConfig, budget: Budget, meta: dict, summary: dict, ev
     """The markdown report."""
     lines = ["# Language-model race against iterative DPO (ground-truth intransitive oracle)", "",
              f"`{meta['command']}` — {meta['date']}, {meta['seconds'] / 60:.1f} min in total "
-             f"(load average {meta['load_before']:.1f} before), sampler {meta['sampler']}.", "",
+             f"(load average {meta['load_before']:.1f} before), sampler {meta['sampler']}; the training runs' own "
+             f"clocks add up to {meta['run_seconds'] / 60:.1f} min"
+             + (f" ({len(meta['reused_runs'])} runs reused from an earlier invocation of the same command)"
+                if meta["reused_runs"] else "") + ".", "",
              f"Machine: {', '.join(f'{k} {v}' for k, v in meta['machine'].items() if v is not None)}.", "",
              f"Setup (size `{config.size}`): a tiny Llama ({setup_info['model']['hidden']} hidden, "
              f"{setup_info['model']['layers']} layers) pre-trained on the tiny grammar by `make_tiny_model`, then "
@@ -410,13 +417,17 @@ def report(config: LLMBenchConfig, budget: Budget, meta: dict, summary: dict, ev
               + "; μ: " + ", ".join(f"{c} {p:.2f}" for c, p in zip(game["classes"], game["mu"])) + ".", "",
               "## Time per iteration (median over iterations 2…T and seeds)", "",
               "| method | sampling | judging | training | weight sync | total (median of the sums) | "
-              "preference queries | samples |",
-              "|---|---|---|---|---|---|---|---|"]
+              "preference queries | samples | queries per run |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for method, entry in summary.items():
         t = entry["seconds_per_iteration"]
         lines.append(f"| {method} | " + " | ".join(f"{t[p]:.3f} s" for p in TIME_PARTS)
                      + f" | {t['total']:.3f} s | {entry['queries_per_iteration']:.0f} | "
-                     f"{entry['samples_per_iteration']:.0f} |")
+                     f"{entry['samples_per_iteration']:.0f} | {entry['queries_per_run']:,.0f} |")
+    lines += ["", "Every method sees the same prompts, the same number of responses per prompt and the same iterations; "
+              "how many of those responses it pairs for the oracle, and how many extra responses it draws (EGPO's "
+              "second round, Nash-MD's mixture), follow its own sampling scheme, so the query and sample counts "
+              "differ by method and are listed per iteration and per run."]
     lines += ["", "![race](llm.png)", "", "## What the columns mean", "",
               "- *win-rate vs iterative DPO*: mean oracle P(method ≻ iterative DPO) over held-out prompts and all "
               "pairs of their responses, the two trained with the same seed; ½ is a tie.",
@@ -516,14 +527,15 @@ def run_bench_llm(config: LLMBenchConfig, command: str | None = None) -> Path:
         engine = VLLMSampler(str(setup / "policy"), SamplingConfig(max_new_tokens=budget.max_new_tokens),
                              seed=config.setup_seed)
     try:
-        rows = train_all(config, budget, setup, kind, engine)
+        rows, reused = train_all(config, budget, setup, kind, engine)
         evaluation = evaluate(config, budget, setup, kind, engine)
     finally:
         if engine is not None:
             engine.close()
     summary = summarise(config, rows, evaluation)
     meta = {"command": command or "nashpref bench llm", "date": date, "load_before": load_before,
-            "seconds": time.perf_counter() - started, "sampler": kind, "machine": machine()}
+            "seconds": time.perf_counter() - started, "sampler": kind, "machine": machine(), "reused_runs": reused,
+            "run_seconds": sum(r[-1]["seconds"] for r in rows.values())}
     results = {"meta": meta, "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
                "budget": asdict(budget), "setup": setup_info, "summary": summary, "evaluation": evaluation,
                "runs": {f"{m}/seed-{s}": r for (m, s), r in rows.items()}}
