@@ -16,7 +16,7 @@ from scipy import stats
 from nashpref.benchmarks import llm_setup
 from nashpref.benchmarks.llm import class_game_gap, ideal_candidates, pool_best_response, win_rate
 from nashpref.benchmarks.stats import mean_ci
-from nashpref.preferences.rule import (STYLES, quality, raters_probability, raters_rule, rule_oracle, style,
+from nashpref.preferences.rule import (STYLES, quality, raters_rule, rule_oracle, style,
                                        well_formed)
 from nashpref.tiny import NOUNS
 
