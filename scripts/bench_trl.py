@@ -660,8 +660,8 @@ def run(args: argparse.Namespace) -> None:
     if not Path(args.setup).exists():          # deterministic: the same files as `nashpref bench llm` builds
         from nashpref.benchmarks.llm_setup import build_setup
 
-        print(f"building the setup in {args.setup}", flush=True)
-        build_setup(args.setup, "tiny", 0)
+        print(f"building the {args.size} setup in {args.setup}", flush=True)
+        build_setup(args.setup, args.size, 0)
     setup = read_setup(Path(args.setup), args.preference)
     methods = args.methods.split(",") if args.methods else list(METHODS)
     for method in methods:
@@ -1151,6 +1151,8 @@ def parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="the whole benchmark (default)")
     shared(r)
+    r.add_argument("--size", default="tiny", choices=("tiny", "small", "base"),
+                   help="model size of the setup that `run` builds when --setup is missing (nashpref bench llm's sizes)")
     r.add_argument("--iterations", type=int, default=10)
     r.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
     r.add_argument("--prompts-per-iteration", type=int, default=8)
