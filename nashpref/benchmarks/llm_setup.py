@@ -48,7 +48,7 @@ class BenchSize:
 
 
 SIZES: dict[str, BenchSize] = {
-    # ~1 s per iteration on a 2-core CPU with the vLLM CPU engine.
+    # 0.3–7 s per iteration (by method) on a 2-core CPU with the vLLM CPU engine.
     "tiny": BenchSize(TinySizes(), pretrain_steps=120, sft_steps=150, train_prompts=48, heldout_prompts=16,
                       iterations=20, samples=4, max_new_tokens=32, eval_samples=16, lr=1e-3),
     # For a GPU: a wider and deeper model, more prompts and samples.
