@@ -111,6 +111,9 @@ class FitResult:
 
 
 def validate_config(config: FitPreferenceConfig) -> None:
+    from nashpref.policies.lm import require_lm_extra
+
+    require_lm_extra("fit-preference")
     for name in ("epochs", "batch_size", "max_length"):
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:

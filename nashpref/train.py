@@ -218,6 +218,9 @@ def check_solver_options(solver: Solver, tau: float, samples: int) -> None:
 
 def validate_config(config: TrainConfig) -> None:
     """Raise GameError (one line naming the option) for any option out of range."""
+    from nashpref.policies.lm import require_lm_extra
+
+    require_lm_extra("train")
     def integer(name: str, low: int, allow_none: bool = False) -> None:
         value = getattr(config, name)
         if allow_none and value is None:

@@ -338,3 +338,24 @@ def test_bench_tabular_through_the_cli(tmp_path, capsys):
     assert runs["iterative-dpo"]["final_gap"] > 0.1
     assert main(["bench", "tabular", "--out", str(tmp_path / "bad"), "--solvers", "nope"]) == 2
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--policy", "p", "--preference", "rule:raters", "--prompts", "x.jsonl", "--solver", "nash-md"],
+    ["fit-preference", "--data", "pairs.jsonl", "--base", "p"],
+    ["bench", "llm"],
+])
+def test_language_model_commands_without_the_lm_extra(argv, tmp_path, monkeypatch, capsys):
+    """Without transformers/datasets installed, every LM command says which packages are missing, in one line."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("transformers", "datasets", "safetensors", "tokenizers")
+                        else real(name, *a))
+    out = tmp_path / "out"
+    assert main(argv + ["--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {'bench llm' if argv[0] == 'bench' else argv[0]} needs the language-model extra "
+                   "(transformers, datasets, safetensors, tokenizers missing): pip install -e '.[lm]'"]
+    assert not out.exists()

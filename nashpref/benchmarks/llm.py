@@ -130,10 +130,9 @@ def validate(config: LLMBenchConfig) -> None:
         raise GameError(f"--tau {config.tau}: must be > 0")
     if config.out.exists() and not config.out.is_dir():
         raise GameError(f"--out {config.out}: exists and is not a directory")
-    try:
-        import transformers  # noqa: F401
-    except ImportError:
-        raise GameError("bench llm needs the language-model extra: pip install -e '.[lm]'") from None
+    from nashpref.policies.lm import require_lm_extra
+
+    require_lm_extra("bench llm")
     if config.sampler == "vllm":
         try:
             import vllm  # noqa: F401

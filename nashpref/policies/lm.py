@@ -31,6 +31,19 @@ from nashpref.sampling import SamplingConfig, TokenResponses
 Prompt = str | list[dict]
 
 
+LM_EXTRA = ("transformers", "datasets", "safetensors", "tokenizers")
+
+
+def require_lm_extra(command: str) -> None:
+    """GameError naming the missing package when the `lm` extra is not installed."""
+    import importlib.util
+
+    missing = [name for name in LM_EXTRA if importlib.util.find_spec(name) is None]
+    if missing:
+        raise GameError(f"{command} needs the language-model extra ({', '.join(missing)} missing): "
+                        "pip install -e '.[lm]'")
+
+
 def default_dtype(device: torch.device) -> torch.dtype:
     """bf16 on accelerators that support it, fp32 otherwise (CPU bf16 matmuls are slow and imprecise)."""
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
