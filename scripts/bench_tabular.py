@@ -53,8 +53,8 @@ from nashpref.game import PreferenceGame  # noqa: E402
 from nashpref.gamefile import build_game, load_game  # noqa: E402
 from nashpref.solvers import REGISTRY  # noqa: E402
 from nashpref.solvers._shared_b import hedge_step  # noqa: E402
-from nashpref.benchmarks.tabular import (compact_json, fmt_gap, machine_info, md_table, race_plot,  # noqa: E402
-                                         sampled_row)
+from nashpref.benchmarks.tabular import compact_json, machine_info, sampled_row  # noqa: E402
+from nashpref.benchmarks.tabular_report import fmt_gap, md_table, race_plot  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PARTS = ("a", "b", "c", "d")
