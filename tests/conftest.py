@@ -53,3 +53,23 @@ class Scripted(TabularPolicy):
     def sample(self, contexts, n, generator=None):
         assert n == self.responses.shape[1]
         return self.responses
+
+
+def lbfgs_minimiser(start_log_pi: torch.Tensor, loss_of_log_pi, max_iter: int = 1000, tolerance_grad: float = 1e-15,
+                    tolerance_change: float = 1e-18) -> torch.Tensor:
+    """argmin over softmax logits of ``loss_of_log_pi(log π)`` (a scalar), by strong-Wolfe LBFGS from
+    ``start_log_pi`` (five restarts of its budget); returns π. Population-minimiser tests compare it with the
+    tabular update their loss should reproduce."""
+    theta = start_log_pi.clone().requires_grad_(True)
+    optimizer = torch.optim.LBFGS([theta], lr=1, max_iter=max_iter, tolerance_grad=tolerance_grad,
+                                  tolerance_change=tolerance_change, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = loss_of_log_pi(torch.log_softmax(theta, -1))
+        loss.backward()
+        return loss
+
+    for _ in range(5):
+        optimizer.step(closure)
+    return torch.softmax(theta.detach(), -1)

@@ -16,7 +16,7 @@ from nashpref.sampled import SampledConfig, run_sampled
 from nashpref.selfplay import SelfPlayRound
 from nashpref.solvers._shared_b import hedge_log_range
 from nashpref.solvers.dno import DNO, Config, dno_context_loss, dno_soft_loss
-from conftest import Scripted
+from conftest import Scripted, lbfgs_minimiser
 
 f64 = torch.float64
 
@@ -95,22 +95,13 @@ def test_population_minimiser_is_exactly_the_soft_policy_iteration_step():
     log_pi = game.log_mu
     reward = game.win_rates(game.mu)
     weight = game.mu.unsqueeze(-1) * game.mu.unsqueeze(-2)
-    theta = log_pi.clone().requires_grad_(True)
-    optimizer = torch.optim.LBFGS([theta], lr=1, max_iter=1000, tolerance_grad=1e-15, tolerance_change=1e-18,
-                                  line_search_fn="strong_wolfe")
-
-    def closure():
-        optimizer.zero_grad()
-        ratio = torch.log_softmax(theta, -1) - log_pi
+    def loss(log_policy):
+        ratio = log_policy - log_pi
         per_pair = dno_soft_loss(ratio.unsqueeze(-1), ratio.unsqueeze(-2), reward.unsqueeze(-1),
                                  reward.unsqueeze(-2), eta)
-        loss = (weight * per_pair).sum()
-        loss.backward()
-        return loss
+        return (weight * per_pair).sum()
 
-    for _ in range(5):
-        optimizer.step(closure)
-    minimiser = torch.softmax(theta.detach(), -1)
+    minimiser = lbfgs_minimiser(log_pi, loss)
     step = DNO(Config(eta=eta)).step(game, log_pi, 0).exp()
     assert (minimiser - step).abs().sum(-1).max().item() <= 1e-6
 

@@ -16,7 +16,7 @@ from nashpref.preferences.matrix import MatrixOracle
 from nashpref.sampled import SampledConfig, run_sampled
 from nashpref.selfplay import SelfPlayRound
 from nashpref.solvers.inpo import INPO, Config, default_eta, inpo_loss
-from conftest import Scripted
+from conftest import Scripted, lbfgs_minimiser
 
 f64 = torch.float64
 
@@ -130,20 +130,11 @@ def test_population_minimiser_is_the_mirror_step():
     def pair(x):
         return x.unsqueeze(-1) - x.unsqueeze(-2)
 
-    theta = log_prev.clone().requires_grad_(True)
-    optimizer = torch.optim.LBFGS([theta], lr=1, max_iter=1000, tolerance_grad=1e-15, tolerance_change=1e-18,
-                                  line_search_fn="strong_wolfe")
+    def loss(log_policy):
+        per_pair = inpo_loss(pair(log_policy), pair(game.log_mu), pair(log_prev), game.P, eta, 0.1)
+        return (weight * per_pair).sum()
 
-    def closure():
-        optimizer.zero_grad()
-        per_pair = inpo_loss(pair(torch.log_softmax(theta, -1)), pair(game.log_mu), pair(log_prev), game.P, eta, 0.1)
-        loss = (weight * per_pair).sum()
-        loss.backward()
-        return loss
-
-    for _ in range(5):
-        optimizer.step(closure)
-    minimiser = torch.softmax(theta.detach(), -1)
+    minimiser = lbfgs_minimiser(log_prev, loss)
     mirror = game.mirror_step(log_prev, game.win_rates(prev), eta).exp()
     assert (minimiser - mirror).abs().sum(-1).max().item() <= 1e-7
 

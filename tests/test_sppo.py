@@ -20,7 +20,8 @@ from nashpref.sampled import SampledConfig, run_sampled
 from nashpref.selfplay import SelfPlayRound
 from nashpref.solvers._shared_b import compact, distinct_weights, hedge_log_range
 from nashpref.solvers.sppo import SPPO, Config, sppo_context_loss, sppo_loss
-from conftest import Scripted
+
+from conftest import Scripted, lbfgs_minimiser
 
 f64 = torch.float64
 
@@ -108,19 +109,10 @@ def test_last_iterate_cycles_away_from_the_equilibrium():
 
 def minimise_expected_loss(pi, win_rate, eta):
     """argmin over softmax logits of E_{y~π_t}[sppo_loss] with exact expectations (LBFGS)."""
-    theta = torch.log(pi).clone().requires_grad_(True)
-    optimizer = torch.optim.LBFGS([theta], lr=1, max_iter=500, tolerance_grad=1e-14, tolerance_change=1e-16,
-                                  line_search_fn="strong_wolfe")
+    def loss(log_policy):
+        return (pi * sppo_loss(log_policy, torch.log(pi), win_rate, eta)).sum()
 
-    def closure():
-        optimizer.zero_grad()
-        loss = (pi * sppo_loss(torch.log_softmax(theta, -1), torch.log(pi), win_rate, eta)).sum()
-        loss.backward()
-        return loss
-
-    for _ in range(5):
-        optimizer.step(closure)
-    return torch.softmax(theta, -1).detach()
+    return lbfgs_minimiser(torch.log(pi), loss, max_iter=500, tolerance_grad=1e-14, tolerance_change=1e-16)
 
 
 def lambert_minimiser(pi, target):
