@@ -35,6 +35,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -240,7 +241,7 @@ def read_setup(setup: Path, preference: str | None) -> dict:
     optional setup.json whose "preference" names the oracle)."""
     for name in ("policy", "prompts-train.jsonl", "prompts-heldout.jsonl"):
         if not (setup / name).exists():
-            raise SystemExit(f"error: --setup {setup}: missing {name}")
+            fail(f"--setup {setup}: missing {name}")
     info = {}
     if (setup / "setup.json").is_file():
         info = json.loads((setup / "setup.json").read_text(encoding="utf-8"))
@@ -656,22 +657,39 @@ def try_vllm_colocate(args: argparse.Namespace, setup: dict, env: dict) -> dict:
     return result
 
 
+def fail(message: str) -> NoReturn:
+    """One line on stderr and exit status 2: bad input, caught before anything is built or written."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with its usage errors as one `error:` line (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(f"{self.prog}: {message}")
+
+
 def run(args: argparse.Namespace) -> None:
+    methods = args.methods.split(",") if args.methods else list(METHODS)
+    for method in methods:
+        if method not in METHODS:
+            fail(f"--methods: unknown method {method!r}; choose from {', '.join(METHODS)}")
+        venv = METHODS[method].get("venv", OUR_VENV)
+        if not venv_python(venv).exists():
+            fail(f"{venv} is missing; build it with: bash scripts/setup_trl_venvs.sh")
     if not Path(args.setup).exists():          # deterministic: the same files as `nashpref bench llm` builds
         from nashpref.benchmarks.llm_setup import build_setup
 
         print(f"building the {args.size} setup in {args.setup}", flush=True)
         build_setup(args.setup, args.size, 0)
     setup = read_setup(Path(args.setup), args.preference)
-    methods = args.methods.split(",") if args.methods else list(METHODS)
     for method in methods:
-        if method not in METHODS:
-            raise SystemExit(f"error: --methods: unknown method {method!r}; choose from {', '.join(METHODS)}")
-        venv = METHODS[method].get("venv", OUR_VENV)
-        if not venv_python(venv).exists():
-            raise SystemExit(f"error: {venv} is missing; build it with: bash scripts/setup_trl_venvs.sh")
-        iteration_plan(METHODS[method]["algorithm"], args.prompts_per_iteration, args.iterations,
-                       len(setup["train"]))
+        try:
+            iteration_plan(METHODS[method]["algorithm"], args.prompts_per_iteration, args.iterations,
+                           len(setup["train"]))
+        except ValueError as err:
+            fail(str(err))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     env = bench_env(args.threads)
@@ -1137,7 +1155,7 @@ def render_readme(r: dict) -> str:
 
 # ---- command line ---------------------------------------------------------------------------------------------
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    top = OneLineParser(description=__doc__.split("\n\n")[0],
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = top.add_subparsers(dest="command")
 
