@@ -1,0 +1,95 @@
+"""Recorded behaviour of `nashpref train` and `nashpref solve --mode sampled`, to keep a refactor honest.
+
+``record(tiny_dir, workdir)`` runs, through the command line (``nashpref.cli.main``), a 3-iteration
+``nashpref train`` per registered solver on the tiny model (hf sampler, fixed seed, small sizes) and a short
+sampled tabular solve per solver, and returns per run: the metrics rows without timing fields, every preference
+query of every round, and per-tensor statistics of the final weights (sum, L2 norm and a dot product with a
+fixed pseudo-random vector, all in float64). ``tests/test_behaviour.py`` compares a fresh recording with the
+committed one in ``tests/data/behaviour.json``; ``python scripts/record_behaviour.py`` rewrites that file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import torch
+
+ITERATIONS = 3
+PROMPTS = ["describe the red cat", "tell me about a robot", "what is the river like?",
+           "write one line about the warm star", "say something about a dark forest", "describe the golden ship",
+           "tell me about a bird", "what is the city like?"]
+TRAIN_OPTIONS = ["--sampler", "hf", "--iterations", str(ITERATIONS), "--heldout", "2", "--samples", "2",
+                 "--eval-samples", "2", "--max-new-tokens", "8", "--lr", "1e-3", "--tau", "0.1", "--seed", "3"]
+SOLVE_OPTIONS = ["--game", "weighted-rps", "--mode", "sampled", "--iters", "20", "--samples", "4", "--seed", "3",
+                 "--labels", "bernoulli"]
+TINY_BUILD = {"seed": 0, "dialogues": 600, "policy_steps": 60, "reward_steps": 80}   # as tests/conftest_lm.py
+
+
+def solvers() -> list[str]:
+    from nashpref.solvers import REGISTRY
+
+    return list(REGISTRY)
+
+
+def without_timing(row: dict) -> dict:
+    return {key: value for key, value in row.items() if not key.endswith("seconds")}
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def tensor_statistics(tensors: dict[str, torch.Tensor]) -> dict[str, dict]:
+    """Per tensor: numel, sum, sum of |w|, L2 norm and ⟨w, r⟩ for r ~ N(0, 1) from a fixed seed (float64)."""
+    stats = {}
+    for name in sorted(tensors):
+        w = tensors[name].detach().to(torch.float64).reshape(-1)
+        r = torch.randn(w.numel(), dtype=torch.float64, generator=torch.Generator().manual_seed(w.numel()))
+        stats[name] = {"numel": w.numel(), "sum": w.sum().item(), "abs_sum": w.abs().sum().item(),
+                       "norm": w.norm().item(), "dot": (w * r).sum().item()}
+    return stats
+
+
+def run_cli(argv: list[str]) -> None:
+    from nashpref.cli import main
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = main(argv)
+    if code != 0:
+        raise RuntimeError(f"nashpref {' '.join(argv)} exited with {code}")
+
+
+def record_train(tiny_dir: Path, workdir: Path, solver: str) -> dict:
+    from safetensors.torch import load_file
+
+    prompts = workdir / "prompts.jsonl"
+    if not prompts.exists():
+        prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS), encoding="utf-8")
+    out = workdir / f"train-{solver}"
+    run_cli(["train", "--policy", str(tiny_dir / "policy"), "--preference", f"reward:{tiny_dir / 'reward'}",
+             "--prompts", str(prompts), "--solver", solver, "--out", str(out)] + TRAIN_OPTIONS)
+    rounds = {path.stem: read_jsonl(path) for path in sorted((out / "rounds").glob("iteration-*.jsonl"))}
+    return {"metrics": [without_timing(row) for row in read_jsonl(out / "metrics.jsonl")], "rounds": rounds,
+            "weights": tensor_statistics(load_file(out / "final" / "model.safetensors"))}
+
+
+def record_solve(workdir: Path, solver: str) -> dict:
+    out = workdir / f"solve-{solver}"
+    run_cli(["solve", "--solver", solver, "--out", str(out)] + SOLVE_OPTIONS)
+    result = json.loads((out / "result.json").read_text(encoding="utf-8"))
+    return {"metrics": [without_timing(row) for row in read_jsonl(out / "metrics.jsonl")],
+            "policies": result["policies"], "gap": result["gap"]}
+
+
+def record(tiny_dir: Path, workdir: Path) -> dict:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)          # as the tests run: results then do not depend on the core count
+    try:
+        return {"train_options": TRAIN_OPTIONS, "solve_options": SOLVE_OPTIONS, "tiny_build": TINY_BUILD,
+                "train": {name: record_train(tiny_dir, workdir, name) for name in solvers()},
+                "solve": {name: record_solve(workdir, name) for name in solvers()}}
+    finally:
+        torch.set_num_threads(threads)
