@@ -12,11 +12,11 @@ from typing import Callable, Literal
 import torch
 from torch import Tensor
 
-from nashpref.exact import ExactRun, iterate_metrics
-from nashpref.game import GameError, PreferenceGame
-from nashpref.policies.tabular import TabularPolicy
-from nashpref.preferences.matrix import MatrixOracle
-from nashpref.selfplay import self_play
+from nashpref.core.exact import ExactRun, iterate_metrics
+from nashpref.core.game import PreferenceGame
+from nashpref.core.tabular import MatrixOracle, TabularPolicy
+from nashpref.errors import BadInput
+from nashpref.selfplay import Hooks, Iteration, self_play
 from nashpref.solvers.base import Solver
 
 
@@ -46,23 +46,23 @@ class SampledConfig:
 
 
 def validate_config(config: SampledConfig) -> None:
-    """Raise GameError (one line, naming the option) when a field is out of range."""
+    """Raise BadInput (one line, naming the option) when a field is out of range."""
     def positive_int(name: str, value) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise GameError(f"sampled config: {name} must be an integer >= 1, got {value!r}")
+            raise BadInput(f"sampled config: {name} must be an integer >= 1, got {value!r}")
 
     if isinstance(config.iterations, bool) or not isinstance(config.iterations, int) or config.iterations < 0:
-        raise GameError(f"sampled config: iterations must be an integer >= 0, got {config.iterations!r}")
+        raise BadInput(f"sampled config: iterations must be an integer >= 0, got {config.iterations!r}")
     for name in ("samples", "epochs", "minibatches"):
         positive_int(name, getattr(config, name))
     if config.contexts_per_round is not None:
         positive_int("contexts_per_round", config.contexts_per_round)
     if config.labels not in ("exact", "bernoulli"):
-        raise GameError(f"sampled config: labels must be 'exact' or 'bernoulli', got {config.labels!r}")
+        raise BadInput(f"sampled config: labels must be 'exact' or 'bernoulli', got {config.labels!r}")
     if config.optimizer not in ("sgd", "adam"):
-        raise GameError(f"sampled config: optimizer must be 'sgd' or 'adam', got {config.optimizer!r}")
+        raise BadInput(f"sampled config: optimizer must be 'sgd' or 'adam', got {config.optimizer!r}")
     if not isinstance(config.lr, (int, float)) or not math.isfinite(config.lr) or config.lr <= 0:
-        raise GameError(f"sampled config: lr must be a finite number > 0, got {config.lr!r}")
+        raise BadInput(f"sampled config: lr must be a finite number > 0, got {config.lr!r}")
 
 
 def recommended_values(solver: Solver, values: dict) -> dict:
@@ -81,8 +81,9 @@ def recommended_options(cls: type[Solver], config):
     return replace(config, **changes)
 
 
-class IterateLog:
-    """Exact metrics of each iterate, and the running sum behind the average iterate; checkpointable."""
+class IterateLog(Hooks):
+    """The loop's hooks for a tabular run: exact metrics of each iterate and the running sum behind the average
+    iterate (both checkpointed with the loop)."""
 
     def __init__(self, game: PreferenceGame, policy: TabularPolicy, averaged: bool,
                  on_iteration: Callable[[int, dict], None] | None = None):
@@ -97,7 +98,8 @@ class IterateLog:
             return self.total / iterations, last
         return last, last
 
-    def __call__(self, iteration: int, info: dict) -> None:
+    def round_end(self, report: Iteration) -> None:
+        iteration, info = report.iteration, report.info
         if self.averaged:
             self.total += self.policy.probabilities()
         policy, last = self.current(iteration)
@@ -153,8 +155,8 @@ def _run_sampled(game, solver, config, on_iteration, checkpoint_dir, resume) -> 
                       num_contexts=game.num_contexts, iterations=config.iterations, samples=config.samples,
                       generator=generator, tau=game.tau, exact_labels=config.labels == "exact",
                       epochs=config.epochs, minibatches=config.minibatches,
-                      contexts_per_round=config.contexts_per_round, on_iteration=log, extra_state={"log": log},
-                      checkpoint_dir=checkpoint_dir, resume=resume)
+                      contexts_per_round=config.contexts_per_round, hooks=log, checkpoints=checkpoint_dir,
+                      resume=resume)
     policies, last = log.current(state["iteration"])
     return ExactRun(policies=policies, last_policies=last, iterations=state["iteration"],
                     seconds=state["seconds"], metrics=log.rows)

@@ -47,12 +47,12 @@ import torch  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from nashpref.equilibrium import solve_equilibrium  # noqa: E402
-from nashpref.exact import run_exact  # noqa: E402
-from nashpref.game import PreferenceGame  # noqa: E402
-from nashpref.gamefile import build_game, load_game  # noqa: E402
+from nashpref.core.equilibrium import solve_equilibrium  # noqa: E402
+from nashpref.core.exact import run_exact  # noqa: E402
+from nashpref.core.game import PreferenceGame  # noqa: E402
+from nashpref.core.gamefile import build_game, load_game  # noqa: E402
 from nashpref.solvers import REGISTRY  # noqa: E402
-from nashpref.solvers._shared_b import hedge_step  # noqa: E402
+from nashpref.solvers.hedge import hedge_step  # noqa: E402
 from nashpref.benchmarks.tabular import compact_json, machine_info, sampled_row  # noqa: E402
 from nashpref.benchmarks.tabular_report import fmt_gap, md_table, race_plot  # noqa: E402
 

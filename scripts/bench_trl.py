@@ -24,6 +24,7 @@ The module's top level imports only the standard library, so tests can import it
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -75,6 +76,25 @@ PHASES = ("sampling", "judging", "training", "sync")
 TAU = 0.1
 MIXTURE = 0.125
 MAX_GRAD_NORM = 1.0
+
+
+class Clock:
+    """Seconds spent per activity since the last ``take``."""
+
+    def __init__(self):
+        self.totals: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, activity: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.totals[activity] = self.totals.get(activity, 0.0) + time.perf_counter() - start
+
+    def take(self) -> dict[str, float]:
+        totals, self.totals = self.totals, {}
+        return totals
 
 
 # ---- pure helpers (tested in tests/test_bench_trl.py) -----------------------------------------------------------
@@ -275,7 +295,7 @@ def trl_worker(args: argparse.Namespace) -> None:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
-    from nashpref.preferences.text import load_text_oracle
+    from nashpref.preferences import load_text_oracle
 
     imported = time.perf_counter()
     algorithm = METHODS[args.method]["algorithm"]
@@ -284,8 +304,6 @@ def trl_worker(args: argparse.Namespace) -> None:
     out = Path(args.run_dir)
     out.mkdir(parents=True, exist_ok=True)
     timing_path = out / "timing.json"
-    from nashpref.train import Clock
-
     clock = Clock()
     oracle = load_text_oracle(setup["preference"])
     torch.manual_seed(args.seed)
@@ -415,7 +433,7 @@ def prompt_token_mismatches(tokenizer, prompts: list[str], algorithm: str) -> in
     front when it is missing); ours asks the chat template for the ids."""
     from trl.data_utils import maybe_apply_chat_template
 
-    from nashpref.policies.lm import render_prompt
+    from nashpref.lm.policy import render_prompt
 
     mismatches = 0
     for prompt in prompts:
@@ -481,7 +499,7 @@ def check_mixture(args: argparse.Namespace) -> None:
     * correctness: the largest |log-prob error| of the sampled tokens against the exact mixture (teacher-forced)
       for TRL's GeometricMixtureWrapper with a generation config that says use_cache=True (the trainer's with
       gradient_checkpointing=False) and use_cache=False (TRL's default), and for ours
-      (nashpref.sampling.hf.sample_mixture); the policy is the setup's model plus noise, so π ≠ μ;
+      (nashpref.lm.samplers.hf.sample_mixture); the policy is the setup's model plus noise, so π ≠ μ;
     * cost: seconds to sample one mixture response for each of the 8 held-out prompts at several lengths (the
       end token is masked so every response runs to the limit), for the setup's model and a wider random one.
     """
@@ -490,9 +508,10 @@ def check_mixture(args: argparse.Namespace) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    from nashpref.policies.lm import LMPolicy, left_pad
-    from nashpref.sampling import SamplingConfig
-    from nashpref.sampling.hf import sample_mixture
+    from nashpref.lm.policy import LMPolicy
+    from nashpref.lm.responses import left_pad
+    from nashpref.lm.samplers.base import SamplingConfig
+    from nashpref.lm.samplers.hf import sample_mixture
 
     wrapper_class = mixture_wrapper_class()
     patched = type("UncachedMixture", (wrapper_class,), {})
@@ -723,8 +742,9 @@ def sample_texts(path: Path, prompts: list[str], samples: int, max_new_tokens: i
     """K responses per prompt at temperature 1 (transformers generate through nashpref's HF sampler)."""
     import torch
 
-    from nashpref.policies.lm import LMPolicy, load_causal_lm
-    from nashpref.sampling import SamplingConfig
+    from nashpref.lm.loading import load_causal_lm
+    from nashpref.lm.policy import LMPolicy
+    from nashpref.lm.samplers.base import SamplingConfig
 
     model, tokenizer = load_causal_lm(str(path), device="cpu", dtype="float32")
     policy = LMPolicy(model, tokenizer, prompts, sampling=SamplingConfig(max_new_tokens=max_new_tokens))
@@ -735,7 +755,7 @@ def sample_texts(path: Path, prompts: list[str], samples: int, max_new_tokens: i
 
 def evaluate(args: argparse.Namespace) -> None:
     from nashpref.benchmarks.llm import win_rate
-    from nashpref.preferences.text import load_text_oracle
+    from nashpref.preferences import load_text_oracle
 
     out = Path(args.out)
     state = json.loads((out / "runs.json").read_text(encoding="utf-8"))
@@ -977,7 +997,7 @@ DIFFERENCES = """\
   the other's keys and values and the draws are not from π^(1−β)μ^β (errors of several nats per token, table
   below). Row `trl-nash-md-nogc` therefore makes the wrapper's `generate` use `use_cache=False` (a few lines in
   this script, what TRL intends), and stays exact. Ours samples the mixture token by token with one KV cache per
-  model (`nashpref.sampling.hf`), exact to ~2e-6. vLLM cannot sample the mixture on either side; in the `-vllm`
+  model (`nashpref.lm.samplers.hf`), exact to ~2e-6. vLLM cannot sample the mixture on either side; in the `-vllm`
   rows only the policy's own samples come from vLLM.
 * **Nash-MD responses per prompt.** TRL draws 1 policy and 1 mixture completion per prompt per step; ours runs
   with `--samples 1` (the same 1 + 1). Both use β = 0.125 for the mixture (TRL's default is 0.5) and τ = β_KL = 0.1.

@@ -3,7 +3,7 @@ and DIR/prompts.jsonl for `nashpref train`.
 
     python scripts/make_tiny_model.py --out DIR [--seed 0] [--sizes.hidden 64 ...]
 
-Needs transformers and tokenizers (``pip install -e '.[lm]'``); nothing is downloaded. See nashpref/tiny.py.
+Needs transformers and tokenizers (``pip install -e '.[lm]'``); nothing is downloaded. See nashpref/lm/tiny.py.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import tyro
 
-from nashpref.tiny import TinySizes, make_tiny_model
+from nashpref.lm.tiny import TinySizes, make_tiny_model
 
 
 @dataclasses.dataclass

@@ -84,12 +84,14 @@ def record_solve(workdir: Path, solver: str) -> dict:
             "policies": result["policies"], "gap": result["gap"]}
 
 
-def record(tiny_dir: Path, workdir: Path) -> dict:
+def record(tiny_dir: Path, workdir: Path, names: list[str] | None = None) -> dict:
+    """The recording of ``names`` (default: every registered solver)."""
+    names = solvers() if names is None else names
     threads = torch.get_num_threads()
     torch.set_num_threads(1)          # as the tests run: results then do not depend on the core count
     try:
         return {"train_options": TRAIN_OPTIONS, "solve_options": SOLVE_OPTIONS, "tiny_build": TINY_BUILD,
-                "train": {name: record_train(tiny_dir, workdir, name) for name in solvers()},
-                "solve": {name: record_solve(workdir, name) for name in solvers()}}
+                "train": {name: record_train(tiny_dir, workdir, name) for name in names},
+                "solve": {name: record_solve(workdir, name) for name in names}}
     finally:
         torch.set_num_threads(threads)

@@ -1,4 +1,4 @@
-"""Shared test helpers: random preference games built straight from numpy (independent of nashpref.gamefile)."""
+"""Shared test helpers: random preference games built straight from numpy (independent of nashpref.core.gamefile)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from nashpref.game import PreferenceGame
-from nashpref.policies.tabular import TabularPolicy
+from nashpref.core.game import PreferenceGame
+from nashpref.core.tabular import TabularPolicy
 
 # Test tensors are tiny: one thread avoids thread-pool overhead, which is severe when cores are oversubscribed
 # (measured: solve_equilibrium on 3×10 took 3.5 s with 2 threads under load, 0.06 s with 1).

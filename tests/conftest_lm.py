@@ -23,9 +23,9 @@ _BUILT: dict[str, object] = {}
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
-    """Directory with policy/ and reward/ from nashpref.tiny (small training budget: quality is not tested)."""
+    """Directory with policy/ and reward/ from nashpref.lm.tiny (small training budget: quality is not tested)."""
     if "dir" not in _BUILT:
-        from nashpref.tiny import make_tiny_model
+        from nashpref.lm.tiny import make_tiny_model
 
         out = tmp_path_factory.mktemp("tiny")
         make_tiny_model(out, seed=0, dialogues=600, policy_steps=60, reward_steps=80)
@@ -36,8 +36,8 @@ def tiny_dir(tmp_path_factory):
 @pytest.fixture()
 def policy_and_reference(tiny_dir):
     """A fresh (policy, reference) pair on the tiny policy over PROMPTS, fp32 on CPU."""
-    from nashpref.policies.lm import LMPolicy
-    from nashpref.sampling import SamplingConfig
+    from nashpref.lm.policy import LMPolicy
+    from nashpref.lm.samplers.base import SamplingConfig
 
     return LMPolicy.from_pretrained(str(tiny_dir / "policy"), PROMPTS, device="cpu",
                                     sampling=SamplingConfig(max_new_tokens=8))

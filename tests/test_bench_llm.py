@@ -18,7 +18,7 @@ from nashpref.benchmarks.llm import class_game_gap, ideal_candidates, pool_best_
 from nashpref.benchmarks.stats import mean_ci
 from nashpref.preferences.rule import (STYLES, quality, raters_rule, rule_oracle, style,
                                        well_formed)
-from nashpref.tiny import NOUNS
+from nashpref.lm.tiny import NOUNS
 
 
 def sigmoid(x: float) -> float:

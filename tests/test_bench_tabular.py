@@ -14,9 +14,9 @@ import torch
 import tyro
 
 from nashpref.benchmarks.tabular import TabularBenchConfig, reached_at, run_bench_tabular
-from nashpref.equilibrium import solve_equilibrium
-from nashpref.game import GameError
-from nashpref.gamefile import games_dir, load_game
+from nashpref.core.equilibrium import solve_equilibrium
+from nashpref.errors import NashprefError
+from nashpref.core.gamefile import games_dir, load_game
 from nashpref.solvers import REGISTRY
 
 GAMES = ("rps", "weighted-rps", "condorcet-3")
@@ -194,7 +194,7 @@ def test_bad_input_raises_one_line_and_writes_nothing(tmp_path, change, message)
     options = {"out": "race", "games": ("rps",), "modes": ("sampled",), "query_budget": 30_000,
                "progress": False} | change
     options["out"] = tmp_path / options["out"]
-    with pytest.raises(GameError, match=message) as err:
+    with pytest.raises(NashprefError, match=message) as err:
         run_bench_tabular(TabularBenchConfig(**options))
     assert "\n" not in str(err.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["FILE"]

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from nashpref.cli import main
-from nashpref.equilibrium import extragradient_step, solve_equilibrium
-from nashpref.gamefile import games_dir, load_game
-from nashpref.outputs import read_jsonl
+from nashpref.core.equilibrium import extragradient_step, solve_equilibrium
+from nashpref.core.gamefile import games_dir, load_game
+from nashpref.io import read_jsonl
 from nashpref.solvers import REGISTRY
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -299,7 +299,7 @@ def test_rerun_into_existing_dir_replaces_files(tmp_path, capsys):
 def test_recommended_sampled_settings_are_the_solvers_tuned_ones(tmp_path):
     """--recommended takes SPPO's tuned settings (its sampled_defaults and sampled_options) where the command left
     the defaults, keeps what the command set, and the run equals run_sampled called with those settings."""
-    from nashpref.gamefile import load_game
+    from nashpref.core.gamefile import load_game
     from nashpref.sampled import SampledConfig, run_sampled
     from nashpref.solvers.sppo import SPPO, Config
 
@@ -322,8 +322,8 @@ def test_bench_tabular_through_the_cli(tmp_path, capsys):
     equilibrium (checked against solve_equilibrium), iterative DPO's is not; bad input writes nothing."""
     import json
 
-    from nashpref.equilibrium import solve_equilibrium
-    from nashpref.gamefile import load_game
+    from nashpref.core.equilibrium import solve_equilibrium
+    from nashpref.core.gamefile import load_game
 
     out = tmp_path / "race"
     argv = ["bench", "tabular", "--out", str(out), "--games", "weighted-rps", "--solvers", "egpo", "iterative-dpo",

@@ -7,15 +7,14 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from nashpref.exact import run_exact
-from nashpref.game import PreferenceGame
-from nashpref.gamefile import load_game
-from nashpref.policies.tabular import TabularPolicy
-from nashpref.preferences.matrix import MatrixOracle
+from nashpref.core.exact import run_exact
+from nashpref.core.game import PreferenceGame
+from nashpref.core.gamefile import load_game
 from nashpref.sampled import SampledConfig, run_sampled
+from nashpref.core.tabular import MatrixOracle, TabularPolicy
 from nashpref.selfplay import SelfPlayRound
-from nashpref.solvers._shared_b import hedge_log_range
 from nashpref.solvers.dno import DNO, Config, dno_context_loss, dno_soft_loss
+from nashpref.solvers.hedge import hedge_log_range
 from conftest import Scripted, lbfgs_minimiser
 
 f64 = torch.float64

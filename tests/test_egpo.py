@@ -6,9 +6,10 @@ import math
 import pytest
 import torch
 
-from nashpref.equilibrium import extragradient_step, solve_equilibrium
-from nashpref.exact import run_exact
-from nashpref.game import GameError, PreferenceGame, kl_divergence
+from nashpref.core.equilibrium import extragradient_step, solve_equilibrium
+from nashpref.core.exact import run_exact
+from nashpref.errors import NashprefError
+from nashpref.core.game import PreferenceGame, kl_divergence
 from nashpref.sampled import SampledConfig, run_sampled
 from nashpref.solvers import get_solver
 from nashpref.solvers.egpo import egpo_loss
@@ -119,11 +120,11 @@ def test_half_step_and_restore_on_the_loss_is_the_extragradient_step(random_game
 
 def test_needs_positive_tau_and_valid_eta():
     game = PreferenceGame.create(WRPS, [1 / 3] * 3, 0.0, name="wrps")
-    with pytest.raises(GameError, match="wrps: solver egpo needs tau > 0"):
+    with pytest.raises(NashprefError, match="wrps: solver egpo needs tau > 0"):
         solver().init(game)
-    with pytest.raises(GameError, match="needs tau > 0"):
+    with pytest.raises(NashprefError, match="needs tau > 0"):
         solver().default_iterations(game)
-    with pytest.raises(GameError, match="egpo: eta must be a finite number"):
+    with pytest.raises(NashprefError, match="egpo: eta must be a finite number"):
         solver(eta=float("nan")).step(game.with_tau(0.1), game.log_mu, 0)
 
 

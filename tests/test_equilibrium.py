@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 from scipy.optimize import minimize
 from scipy.special import logsumexp, softmax
 
-from nashpref.equilibrium import solve_equilibrium
-from nashpref.game import PreferenceGame
-from nashpref.gamefile import load_game
+from nashpref.core.equilibrium import solve_equilibrium
+from nashpref.core.game import PreferenceGame
+from nashpref.core.gamefile import load_game
 
 
 def weighted_rps(a, b, c):
@@ -22,7 +22,7 @@ def weighted_rps(a, b, c):
 
 
 def gap_np(P, mu, tau, pi):
-    """The regularised duality gap, written independently of nashpref.game."""
+    """The regularised duality gap, written independently of nashpref.core.game."""
     kl = np.sum(pi * (np.log(pi) - np.log(mu)))
     return 2 * (tau * logsumexp(np.log(mu) + P @ pi / tau) + tau * kl) - 1
 

@@ -18,10 +18,10 @@ import torch
 
 from conftest_lm import tiny_dir  # noqa: F401  (fixture)
 from nashpref.cli import main
-from nashpref.fit_preference import FitPreferenceConfig, load_base, pair_logits, run_fit_preference
-from nashpref.game import GameError
-from nashpref.outputs import read_jsonl
-from nashpref.tiny import COLD, NEUTRAL, NOUNS, PROMPTS, WARM
+from nashpref.preferences.fit import FitPreferenceConfig, load_base, pair_logits, run_fit_preference
+from nashpref.errors import NashprefError
+from nashpref.io import read_jsonl
+from nashpref.lm.tiny import COLD, NEUTRAL, NOUNS, PROMPTS, WARM
 
 
 def warmth(text: str) -> int:
@@ -99,7 +99,7 @@ def test_bad_input_is_a_game_error_and_nothing_is_written(tiny_dir, tmp_path, ca
     for name, (options, message) in cases.items():
         out = tmp_path / name.replace(" ", "-")
         settings = dict(data=str(good), base=str(tiny_dir / "policy"), out=out) | options
-        with pytest.raises(GameError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        with pytest.raises(NashprefError, match=message.replace("[", r"\[").replace("]", r"\]")):
             run_fit_preference(FitPreferenceConfig(**settings))
         assert not out.exists(), name
     # The command line: one error line, exit status 2.

@@ -10,8 +10,9 @@ from hypothesis import strategies as st
 from scipy.optimize import minimize
 from scipy.special import logsumexp, softmax
 
-from nashpref.equilibrium import solve_equilibrium
-from nashpref.game import GameError, PreferenceGame
+from nashpref.core.equilibrium import solve_equilibrium
+from nashpref.errors import GameError
+from nashpref.core.game import PreferenceGame
 
 
 # ---- an independent numpy reference of the game -------------------------------------------------------------------

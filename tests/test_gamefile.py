@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from nashpref.game import GameError, PreferenceGame
-from nashpref.gamefile import games_dir, list_games, load_game, save_game
+from nashpref.errors import GameError
+from nashpref.core.game import PreferenceGame
+from nashpref.core.gamefile import games_dir, list_games, load_game, save_game
 
 SHIPPED = ["batch-256", "bt-mixture", "bt-transitive", "condorcet-3", "egpo-random", "linear-reward", "rps",
            "weighted-rps"]

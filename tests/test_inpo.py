@@ -7,12 +7,13 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from nashpref.equilibrium import solve_equilibrium
-from nashpref.exact import run_exact
-from nashpref.game import GameError, PreferenceGame
-from nashpref.gamefile import load_game
-from nashpref.policies.tabular import TabularPolicy
-from nashpref.preferences.matrix import MatrixOracle
+from nashpref.core.equilibrium import solve_equilibrium
+from nashpref.core.exact import run_exact
+from nashpref.errors import NashprefError
+from nashpref.core.game import PreferenceGame
+from nashpref.core.gamefile import load_game
+from nashpref.core.tabular import TabularPolicy
+from nashpref.core.tabular import MatrixOracle
 from nashpref.sampled import SampledConfig, run_sampled
 from nashpref.selfplay import SelfPlayRound
 from nashpref.solvers.inpo import INPO, Config, default_eta, inpo_loss
@@ -110,9 +111,9 @@ def test_local_rate_matches_the_jacobian_at_the_equilibrium():
 
 def test_bad_settings_are_one_line_errors():
     game = load_game("rps")
-    with pytest.raises(GameError, match="tau > 0"):
+    with pytest.raises(NashprefError, match="tau > 0"):
         INPO().step(game.with_tau(0.0), game.log_mu, 0)
-    with pytest.raises(GameError, match="eta·tau ≤ 1"):
+    with pytest.raises(NashprefError, match="eta·tau ≤ 1"):
         INPO(Config(eta=20.0)).step(game, game.log_mu, 0)
 
 

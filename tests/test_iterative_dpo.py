@@ -10,16 +10,16 @@ import torch
 from scipy.optimize import root
 from torch.testing import assert_close
 
-from nashpref.equilibrium import solve_equilibrium
-from nashpref.exact import run_exact
-from nashpref.game import GameError, PreferenceGame
-from nashpref.gamefile import load_game
-from nashpref.policies.tabular import TabularPolicy
-from nashpref.preferences.matrix import MatrixOracle
+from nashpref.core.equilibrium import solve_equilibrium
+from nashpref.core.exact import run_exact
+from nashpref.core.game import PreferenceGame
+from nashpref.core.gamefile import load_game
 from nashpref.sampled import SampledConfig, run_sampled
+from nashpref.core.tabular import MatrixOracle, TabularPolicy
+from nashpref.errors import NashprefError
 from nashpref.selfplay import SelfPlayRound
-from nashpref.solvers._shared_b import dpo_loss
 from nashpref.solvers.iterative_dpo import CHUNK, Config, IterativeDPO, _solve_positive_definite, fit_bradley_terry
+from nashpref.solvers.losses import dpo_loss
 from conftest import Scripted
 
 f64 = torch.float64
@@ -189,7 +189,7 @@ def test_sampled_training_does_not_reach_the_equilibrium_on_intransitive_games(n
 
 def test_bad_options_are_one_line_errors():
     game = load_game("bt-transitive")
-    with pytest.raises(GameError, match="reference must be"):
+    with pytest.raises(NashprefError, match="reference must be"):
         IterativeDPO(Config(reference="sft")).step(game, game.log_mu, 0)
-    with pytest.raises(GameError, match="tau > 0"):
+    with pytest.raises(NashprefError, match="tau > 0"):
         IterativeDPO().step(game.with_tau(0.0), game.log_mu, 0)

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from conftest_lm import PROMPTS, policy_and_reference, tiny_dir  # noqa: F401  (fixtures)
-from nashpref.game import GameError
-from nashpref.policies.lm import LMPolicy
-from nashpref.sampling import TokenResponses, responses_from_lists
+from nashpref.errors import NashprefError
+from nashpref.lm.policy import LMPolicy
+from nashpref.lm.responses import TokenResponses, responses_from_lists
 
 import transformers
 
@@ -148,14 +148,14 @@ def test_lora_policy_trains_only_the_adapter_and_saves_merged_weights(tiny_dir, 
 
 
 def test_missing_model_path_is_a_one_line_error(tmp_path):
-    with pytest.raises(GameError, match="does not exist"):
+    with pytest.raises(NashprefError, match="does not exist"):
         LMPolicy.from_pretrained(str(tmp_path / "nope"), PROMPTS)
 
 
 def test_tiny_model_is_deterministic_in_its_seed(tmp_path):
     from safetensors.torch import load_file
 
-    from nashpref.tiny import make_tiny_model
+    from nashpref.lm.tiny import make_tiny_model
 
     small = {"dialogues": 100, "policy_steps": 3, "reward_steps": 3}
     runs = [make_tiny_model(tmp_path / name, seed=seed, **small) for name, seed in (("a", 0), ("b", 0), ("c", 1))]
@@ -182,12 +182,12 @@ def test_make_tiny_model_script_writes_the_contracted_directories(tmp_path):
 
 
 def test_reference_from_another_path_must_share_the_tokenizer(tiny_dir, tmp_path):
-    from nashpref.tiny import make_tiny_model
+    from nashpref.lm.tiny import make_tiny_model
 
     policy, reference = LMPolicy.from_pretrained(str(tiny_dir / "policy"), PROMPTS, device="cpu",
                                                  reference=str(tiny_dir / "policy"))
     contexts, responses = torch.tensor([2, 0]), fixed_responses(policy)
     torch.testing.assert_close(reference.log_prob(contexts, responses), policy.log_prob(contexts, responses).detach())
     make_tiny_model(tmp_path, seed=1, dialogues=50, policy_steps=1, reward_steps=1)     # another tokenizer
-    with pytest.raises(GameError, match="tokenizer differs"):
+    with pytest.raises(NashprefError, match="tokenizer differs"):
         LMPolicy.from_pretrained(str(tiny_dir / "policy"), PROMPTS, device="cpu", reference=str(tmp_path / "policy"))

@@ -6,9 +6,10 @@ import math
 import pytest
 import torch
 
-from nashpref.equilibrium import solve_equilibrium
-from nashpref.exact import run_exact
-from nashpref.game import GameError, PreferenceGame, kl_divergence
+from nashpref.core.equilibrium import solve_equilibrium
+from nashpref.core.exact import run_exact
+from nashpref.errors import NashprefError
+from nashpref.core.game import PreferenceGame, kl_divergence
 from nashpref.sampled import SampledConfig, run_sampled
 from nashpref.solvers import get_solver
 from nashpref.solvers.nash_md import nash_md_pg_loss
@@ -125,11 +126,11 @@ def test_default_converges_at_tau_point_one(random_game, n):
 
 def test_needs_positive_tau_and_valid_options():
     game = PreferenceGame.create(WRPS, [1 / 3] * 3, 0.0, name="wrps")
-    with pytest.raises(GameError, match="wrps: solver nash-md needs tau > 0"):
+    with pytest.raises(NashprefError, match="wrps: solver nash-md needs tau > 0"):
         solver().init(game)
-    with pytest.raises(GameError, match="needs tau > 0"):
+    with pytest.raises(NashprefError, match="needs tau > 0"):
         solver().default_iterations(game)
-    with pytest.raises(GameError, match=r"nash-md: eta must be a finite number in \(0, 10\]"):
+    with pytest.raises(NashprefError, match=r"nash-md: eta must be a finite number in \(0, 10\]"):
         solver(eta=20.0).step(game.with_tau(0.1), game.log_mu, 0)   # η·τ > 1 is not a mixture
 
 

@@ -6,9 +6,10 @@ import math
 import pytest
 import torch
 
-from nashpref.equilibrium import solve_equilibrium
-from nashpref.exact import run_exact
-from nashpref.game import GameError, PreferenceGame
+from nashpref.core.equilibrium import solve_equilibrium
+from nashpref.core.exact import run_exact
+from nashpref.errors import NashprefError
+from nashpref.core.game import PreferenceGame
 from nashpref.sampled import SampledConfig, run_sampled
 from nashpref.solvers import get_solver
 from nashpref.solvers.online_ipo import online_ipo_loss
@@ -100,11 +101,11 @@ def test_default_converges_on_weighted_rps_closed_form():
 
 def test_needs_positive_tau_and_valid_lr():
     game = PreferenceGame.create(WRPS, [1 / 3] * 3, 0.0, name="wrps")
-    with pytest.raises(GameError, match="wrps: solver online-ipo needs tau > 0"):
+    with pytest.raises(NashprefError, match="wrps: solver online-ipo needs tau > 0"):
         solver().init(game)
-    with pytest.raises(GameError, match="needs tau > 0"):
+    with pytest.raises(NashprefError, match="needs tau > 0"):
         solver().default_iterations(game)
-    with pytest.raises(GameError, match="online-ipo: lr must be a finite number"):
+    with pytest.raises(NashprefError, match="online-ipo: lr must be a finite number"):
         solver(lr=-1.0).step(game.with_tau(0.1), game.log_mu, 0)
 
 

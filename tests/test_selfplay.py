@@ -7,12 +7,14 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from nashpref.equilibrium import solve_equilibrium
-from nashpref.game import GameError, PreferenceGame
-from nashpref.policies.tabular import TabularPolicy
-from nashpref.preferences.matrix import MatrixOracle
+from nashpref.core.equilibrium import solve_equilibrium
+from nashpref.errors import NashprefError
+from nashpref.core.game import PreferenceGame
+from nashpref.core.tabular import TabularPolicy
+from nashpref.core.tabular import MatrixOracle
 from nashpref.sampled import SampledConfig, run_sampled
-from nashpref.selfplay import SelfPlayRound, self_play, split_batch, take
+from nashpref.rounds import SelfPlayRound, split_batch, take
+from nashpref.selfplay import self_play
 from nashpref.solvers.base import Solver, SolverConfig
 
 F64 = torch.float64
@@ -330,5 +332,5 @@ def test_loop_with_online_ipo_loss_reaches_the_exact_equilibrium():
     ("labels", "soft", "labels must be 'exact' or 'bernoulli'"), ("optimizer", "rmsprop", "optimizer must be"),
     ("iterations", -1, "iterations must be an integer >= 0"), ("contexts_per_round", 0, "contexts_per_round")])
 def test_bad_config_is_a_game_error(field, value, message):
-    with pytest.raises(GameError, match=message):
+    with pytest.raises(NashprefError, match=message):
         run_sampled(weighted_rps(), OnlineIPO(), SampledConfig(**{field: value}))

@@ -10,15 +10,16 @@ from scipy.optimize import brentq
 from scipy.special import lambertw
 from torch.testing import assert_close
 
-from nashpref.equilibrium import solve_equilibrium
-from nashpref.exact import run_exact
-from nashpref.game import GameError, PreferenceGame, kl_divergence
-from nashpref.gamefile import load_game
-from nashpref.policies.tabular import TabularPolicy
-from nashpref.preferences.matrix import MatrixOracle
+from nashpref.core.equilibrium import solve_equilibrium
+from nashpref.core.exact import run_exact
+from nashpref.core.game import PreferenceGame, kl_divergence
+from nashpref.core.gamefile import load_game
 from nashpref.sampled import SampledConfig, run_sampled
+from nashpref.core.tabular import MatrixOracle, TabularPolicy
+from nashpref.errors import NashprefError
 from nashpref.selfplay import SelfPlayRound
-from nashpref.solvers._shared_b import compact, distinct_weights, hedge_log_range
+from nashpref.solvers.coverage import compact, distinct_weights
+from nashpref.solvers.hedge import hedge_log_range
 from nashpref.solvers.sppo import SPPO, Config, sppo_context_loss, sppo_loss
 
 from conftest import Scripted, lbfgs_minimiser
@@ -225,14 +226,14 @@ def test_recommended_sampled_settings_reach_the_unregularised_equilibrium_on_ran
 
 def test_bad_options_are_one_line_errors():
     game = load_game("weighted-rps")
-    with pytest.raises(GameError, match="target_gap must lie in"):
+    with pytest.raises(NashprefError, match="target_gap must lie in"):
         SPPO(Config(target_gap=0.0)).default_iterations(game)
-    with pytest.raises(GameError, match="pairs must be"):
+    with pytest.raises(NashprefError, match="pairs must be"):
         SPPO(Config(pairs="some")).collect(scripted_round(game, torch.tensor([[0, 1]])))
-    with pytest.raises(GameError, match="eta"):
+    with pytest.raises(NashprefError, match="eta"):
         SPPO(Config(eta=-1.0)).step(game, game.log_mu, 0)
-    with pytest.raises(GameError, match="reference_samples must be"):
+    with pytest.raises(NashprefError, match="reference_samples must be"):
         SPPO(Config(reference_samples=-1)).collect(scripted_round(game, torch.tensor([[0, 1]])))
     batch = SPPO().collect(scripted_round(game, torch.tensor([[0, 1]])))
-    with pytest.raises(GameError, match="log_partition must be"):
+    with pytest.raises(NashprefError, match="log_partition must be"):
         SPPO(Config(log_partition="exact")).loss(batch, TabularPolicy(game.log_mu))

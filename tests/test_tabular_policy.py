@@ -7,9 +7,9 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from nashpref.game import PreferenceGame
-from nashpref.policies.tabular import TabularPolicy
-from nashpref.preferences.matrix import MatrixOracle
+from nashpref.core.game import PreferenceGame
+from nashpref.core.tabular import TabularPolicy
+from nashpref.core.tabular import MatrixOracle
 
 LOGITS = [[1.0, 2.0, 3.0], [0.5, -1.0, math.log(2.0)]]
 

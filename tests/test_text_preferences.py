@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from conftest_lm import PROMPTS, tiny_dir  # noqa: F401  (fixtures)
-from nashpref.game import GameError
+from nashpref.errors import NashprefError
 from nashpref.preferences.judge import JudgeOracle, parse_verdict
 from nashpref.preferences.pairwise import PairwiseOracle
 from nashpref.preferences.python_hook import PythonOracle
 from nashpref.preferences.reward import RewardOracle
 from nashpref.preferences.rule import rule_oracle
-from nashpref.preferences.text import load_text_oracle
-from nashpref.sampling import responses_from_lists
+from nashpref.preferences import load_text_oracle
+from nashpref.lm.responses import responses_from_lists
 
 import transformers
 
@@ -110,7 +110,7 @@ def test_rule_oracles_by_hand():
     # warm: σ(4 (s_a − s_b)), s = (#warm − #cold)/#words.
     got = rule_oracle("warm").prefer_texts(["x"], ["the warm kind cat"], ["the cold cat"])
     assert abs(got.item() - sigmoid(4 * (2 / 4 - (-1 / 3)))) < 1e-6
-    with pytest.raises(GameError, match="unknown rule"):
+    with pytest.raises(NashprefError, match="unknown rule"):
         rule_oracle("nope")
 
 
@@ -138,15 +138,15 @@ def test_python_hook_loads_validates_and_reports(tmp_path):
     torch.testing.assert_close(PythonOracle(f"{file}:as_array").prefer_texts(X, A, B), torch.full((4,), 0.25))
     for name, message in [("too_few", "returned 1 values for 4 pairs"), ("too_big", "outside \\[0, 1\\]"),
                           ("words", "not a number"), ("nan", "outside")]:
-        with pytest.raises(GameError, match=message):
+        with pytest.raises(NashprefError, match=message):
             PythonOracle(f"{file}:{name}").prefer_texts(X, A, B)
     for spec, message in [(f"{file}:missing", "defines no 'missing'"), (f"{file}:NOT_CALLABLE", "not callable"),
                           (f"{tmp_path / 'none.py'}:f", "does not exist"), ("no_colon", "expected python:FILE")]:
-        with pytest.raises(GameError, match=message):
+        with pytest.raises(NashprefError, match=message):
             PythonOracle(spec)
     broken = tmp_path / "broken.py"
     broken.write_text("def f(:\n")
-    with pytest.raises(GameError, match="importing .* failed: SyntaxError"):
+    with pytest.raises(NashprefError, match="importing .* failed: SyntaxError"):
         PythonOracle(f"{broken}:f")
 
 
@@ -176,8 +176,9 @@ def test_judge_position_swap_by_hand():
 
 
 def test_judge_with_the_tiny_model_aggregates_its_own_parsed_verdicts(tiny_dir):
-    from nashpref.policies.lm import load_causal_lm, render_prompt
-    from nashpref.sampling.hf import generate_texts
+    from nashpref.lm.loading import load_causal_lm
+    from nashpref.lm.policy import render_prompt
+    from nashpref.lm.samplers.hf import generate_texts
 
     judge = load_text_oracle(f"judge:{tiny_dir / 'policy'}", device="cpu")
     got = judge.prefer_texts(X, A, B)
@@ -193,5 +194,5 @@ def test_judge_with_the_tiny_model_aggregates_its_own_parsed_verdicts(tiny_dir):
 def test_bad_preference_specs():
     for spec, message in [("reward", "expected KIND:ARG"), ("magic:x", "unknown kind 'magic'"),
                           ("reward:/no/such/model", "does not exist")]:
-        with pytest.raises(GameError, match=message):
+        with pytest.raises(NashprefError, match=message):
             load_text_oracle(spec)

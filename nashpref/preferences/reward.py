@@ -13,9 +13,10 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from nashpref.game import GameError
-from nashpref.preferences.text import (Prompt, TextOracle, chat_messages, check_lengths, classifier_logits,
-                                       load_sequence_classifier, prompt_text)
+from nashpref.errors import BadInput
+from nashpref.lm.loading import load_sequence_classifier
+from nashpref.preferences.base import (Prompt, TextOracle, chat_messages, check_lengths, classifier_logits,
+                                       prompt_text, register)
 
 
 def format_conversation(tokenizer, prompt: Prompt, response: str) -> str:
@@ -26,12 +27,15 @@ def format_conversation(tokenizer, prompt: Prompt, response: str) -> str:
     return f"{prompt_text(prompt)}\n{response}"
 
 
+@register
 class RewardOracle(TextOracle):
     """σ(r(x, a) − r(x, b)) with r the single logit of a sequence classifier."""
 
+    prefix = "reward"
+
     def __init__(self, model, tokenizer, batch_size: int = 16, where: str = "reward model"):
         if model.config.num_labels != 1:
-            raise GameError(f"{where}: a reward model needs num_labels = 1, got {model.config.num_labels}")
+            raise BadInput(f"{where}: a reward model needs num_labels = 1, got {model.config.num_labels}")
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
 
     @classmethod

@@ -1,7 +1,7 @@
 """Programmatic text oracles (``rule:NAME``) for tests and benchmarks; their probabilities follow by hand.
 
 Words are lower-cased with surrounding punctuation stripped; the word lists are those of the tiny model's
-world (nashpref/tiny.py), so the rules give the tiny policy a real game to play.
+world (nashpref/lm/tiny.py), so the rules give the tiny policy a real game to play.
 
 * ``length`` — Bradley–Terry on word counts: σ((|a| − |b|) / 2).
 * ``warm`` — Bradley–Terry on the tiny reward model's target: σ(4 (s(a) − s(b))), s = (#warm − #cold) / #words.
@@ -27,10 +27,9 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from nashpref.game import GameError
-from nashpref.preferences.text import Prompt, TextOracle, check_lengths
-from nashpref.preferences.text import prompt_text
-from nashpref.tiny import COLD, NEUTRAL, NOUNS, VERBS, WARM, reward_score
+from nashpref.errors import BadInput
+from nashpref.lm.tiny import COLD, NEUTRAL, NOUNS, VERBS, WARM, reward_score
+from nashpref.preferences.base import Prompt, TextOracle, check_lengths, prompt_text, register
 
 STYLES = ("warm", "cold", "plain")
 RATER_RANKINGS = (("warm", "cold", "plain"), ("cold", "plain", "warm"), ("plain", "warm", "cold"))
@@ -139,11 +138,18 @@ RULES: dict[str, Callable[[Prompt, str, str], float]] = {
     "length": length_rule, "warm": warm_rule, "cyclic": cyclic_rule, "raters": raters_rule}
 
 
+@register
 class RuleOracle(TextOracle):
     """A rule applied pair by pair."""
 
+    prefix = "rule"
+
     def __init__(self, name: str, rule: Callable[[Prompt, str, str], float]):
         self.name, self.rule = name, rule
+
+    @classmethod
+    def from_spec(cls, arg: str, *, device: str | None = None, dtype: str = "auto") -> "RuleOracle":
+        return rule_oracle(arg)
 
     def prefer_texts(self, prompts: Sequence[Prompt], a: Sequence[str], b: Sequence[str]) -> Tensor:
         check_lengths(f"rule:{self.name}", prompts, a, b)
@@ -152,5 +158,5 @@ class RuleOracle(TextOracle):
 
 def rule_oracle(name: str) -> RuleOracle:
     if name not in RULES:
-        raise GameError(f"rule:{name}: unknown rule; available: {', '.join(sorted(RULES))}")
+        raise BadInput(f"rule:{name}: unknown rule; available: {', '.join(sorted(RULES))}")
     return RuleOracle(name, RULES[name])

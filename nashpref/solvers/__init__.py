@@ -1,9 +1,13 @@
-"""Solvers, registered by name. Importing this package registers every built-in solver."""
+"""Solvers, registered by name. Importing this package registers every built-in solver.
 
-from nashpref.solvers.base import REGISTRY, Solver, SolverConfig, register
-from nashpref.solvers import nash_md, sppo, inpo, egpo, dno, online_ipo, iterative_dpo  # noqa: F401  (registers)
+To add a solver: write ``nashpref/solvers/<name>.py`` (a ``Solver`` subclass decorated with ``@register``), add
+its module to the import line below, and give it a test twin ``tests/test_<name>.py`` (see the README).
+"""
 
-__all__ = ["REGISTRY", "Solver", "SolverConfig", "register", "get_solver"]
+from nashpref.solvers.base import REGISTRY, Solver, SolverConfig, option_field, register
+from nashpref.solvers import nash_md, sppo, inpo, egpo, dno, online_ipo, iterative_dpo  # noqa: F401,E402  (registers)
+
+__all__ = ["REGISTRY", "Solver", "SolverConfig", "register", "option_field", "get_solver"]
 
 
 def get_solver(name: str) -> type[Solver]:

@@ -12,12 +12,13 @@ A solver has two faces that must agree:
 from __future__ import annotations
 
 import dataclasses
+import re
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Literal, Protocol
 
 from torch import Tensor
 
-from nashpref.game import PreferenceGame
+from nashpref.core.game import PreferenceGame
 
 Iterate = Literal["last", "average"]
 Source = Literal["policy", "reference", "mixture"]
@@ -29,6 +30,13 @@ class Responses(Protocol):
     a language model a padded token tensor (B, K, T) with a mask. ``take`` picks along K with a (B, M) index."""
 
     def take(self, index: Tensor) -> "Responses": ...
+
+
+def take(responses: Any, index: Tensor) -> Any:
+    """Pick responses along K with a (B, M) index: ``gather`` for action-id tensors, ``.take`` for LM objects."""
+    if isinstance(responses, Tensor):      # Tensor.take exists but indexes the flattened tensor: never use it
+        return responses.gather(1, index)
+    return responses.take(index)
 
 
 class Policy(Protocol):
@@ -115,5 +123,11 @@ REGISTRY: dict[str, type[Solver]] = {}
 
 
 def register(cls: type[Solver]) -> type[Solver]:
+    """Class decorator: the solver becomes a choice of every command (``--solver NAME``)."""
     REGISTRY[cls.name] = cls
     return cls
+
+
+def option_field(solver_name: str) -> str:
+    """The attribute (and, with '-', the flag prefix) holding a solver's options in a command: 'nash-md' → nash_md."""
+    return re.sub(r"\W", "_", solver_name)

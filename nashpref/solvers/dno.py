@@ -7,7 +7,7 @@
 
 η is the paper's inverse step (a KL-to-π_t weight). This is SPPO's multiplicative-weights step with step 1/η, so
 the same guarantee holds. It is on the **average iterate**: the unregularised gap of π̄_T is
-≤ √(2L/T) = O(1/√T) for η = √(T/(8L)), L = log(1/min μ) (Hedge regret bound, see ``_shared_b``). The paper claims
+≤ √(2L/T) = O(1/√T) for η = √(T/(8L)), L = log(1/min μ) (Hedge regret bound, see ``nashpref.solvers.hedge``). The paper claims
 average-iterate convergence to the Nash equilibrium. τ is ignored (needs_tau False). The last iterate cycles.
 
 **Sampled training.** K responses from π_t. Their win-rates against the K samples, self term ½ included, estimate
@@ -51,11 +51,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nashpref.game import GameError, PreferenceGame
-from nashpref.solvers._shared_b import (compact, distinct_weights, dpo_loss, hedge_horizon, hedge_step,
-                                        preference_matrix, reference_entries, require_samples, take)
-from nashpref.solvers.base import Batch, Policy, Round, Solver, SolverConfig, register
-from nashpref.solvers.common import check_number
+from nashpref.core.game import PreferenceGame
+from nashpref.errors import BadInput
+from nashpref.solvers.base import Batch, Policy, Round, Solver, SolverConfig, register, take
+from nashpref.solvers.checks import check_number, require_samples
+from nashpref.solvers.coverage import compact, distinct_weights
+from nashpref.solvers.hedge import hedge_horizon, hedge_step
+from nashpref.solvers.losses import dpo_loss
+from nashpref.solvers.win_rates import preference_matrix, reference_entries
 
 SAMPLED_ETA = 1.0
 
@@ -142,7 +145,7 @@ class DNO(Solver):
             return batch | reference_entries(round, self.name, self.config.reference_samples, responses, k,
                                              "reward")
         if self.config.variant != "prct":
-            raise GameError(f"{self.name}: variant must be 'soft' or 'prct', got {self.config.variant!r}")
+            raise BadInput(f"{self.name}: variant must be 'soft' or 'prct', got {self.config.variant!r}")
         index = torch.stack([reward.argmax(-1), reward.argmin(-1)], dim=-1)
         pair = take(responses, index)
         best_worst = reward.gather(1, index)

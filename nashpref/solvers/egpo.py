@@ -32,10 +32,11 @@ import math
 
 from torch import Tensor
 
-from nashpref.equilibrium import extragradient_step
-from nashpref.game import PreferenceGame
+from nashpref.core.equilibrium import extragradient_step
+from nashpref.core.game import PreferenceGame
 from nashpref.solvers.base import Batch, Policy, Round, Solver, SolverConfig, register
-from nashpref.solvers.common import check_number, log_ratio_regression, require_tau, round_tau
+from nashpref.solvers.checks import check_number, require_tau, round_tau
+from nashpref.solvers.losses import log_ratio_regression
 
 DEFAULT_DECADES = 12            # default budget: (1 − ητ)^T ≤ 10^-12
 MAX_DEFAULT_ITERATIONS = 200_000

@@ -45,10 +45,11 @@ import math
 import torch
 from torch import Tensor
 
-from nashpref.game import GameError, PreferenceGame
-from nashpref.solvers._shared_b import preference_matrix, require_samples
+from nashpref.core.game import PreferenceGame
+from nashpref.errors import BadInput
 from nashpref.solvers.base import Batch, Policy, Round, Solver, SolverConfig, register
-from nashpref.solvers.common import check_number, require_tau, round_tau
+from nashpref.solvers.checks import check_number, require_samples, require_tau, round_tau
+from nashpref.solvers.win_rates import preference_matrix
 
 MAX_DEFAULT_ITERATIONS = 200_000
 GAP_DECADES = 10        # default budget: the local rate (1 − ητ)^t shrinks the gap by 10^-10
@@ -89,7 +90,7 @@ class INPO(Solver):
             return default_eta(tau)
         eta = check_number(self.config.eta, "eta", self.name)
         if eta * tau > 1:
-            raise GameError(f"{self.name}: needs eta·tau ≤ 1 (the step's weight on π_t is 1 − ητ), got "
+            raise BadInput(f"{self.name}: needs eta·tau ≤ 1 (the step's weight on π_t is 1 − ητ), got "
                             f"eta={eta!r}, tau={tau!r}")
         return eta
 

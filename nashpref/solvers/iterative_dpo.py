@@ -39,10 +39,12 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from nashpref.game import GameError, PreferenceGame
-from nashpref.solvers._shared_b import dpo_loss, preference_matrix, require_samples, take
-from nashpref.solvers.base import Batch, Policy, Round, Solver, SolverConfig, register
-from nashpref.solvers.common import check_number, require_tau, round_tau
+from nashpref.core.game import PreferenceGame
+from nashpref.errors import BadInput
+from nashpref.solvers.base import Batch, Policy, Round, Solver, SolverConfig, register, take
+from nashpref.solvers.checks import check_number, require_samples, require_tau, round_tau
+from nashpref.solvers.losses import dpo_loss
+from nashpref.solvers.win_rates import preference_matrix
 
 TINY_WEIGHT = 1e-150     # floor on π: keeps the fit defined where π underflowed, and w·D clear of denormals (slow)
 MAX_NEWTON_STEP = 0.5   # sup-norm cap of one Newton step on the scores
@@ -164,7 +166,7 @@ class IterativeDPO(Solver):
     def anchor(self) -> str:
         """The round's model each update is anchored to: μ ("reference") or π_t ("previous")."""
         if self.config.reference not in ("initial", "previous"):
-            raise GameError(f"{self.name}: reference must be 'initial' or 'previous', got {self.config.reference!r}")
+            raise BadInput(f"{self.name}: reference must be 'initial' or 'previous', got {self.config.reference!r}")
         return "reference" if self.config.reference == "initial" else "previous"
 
     # ---- sampled training ----------------------------------------------------------------------------------

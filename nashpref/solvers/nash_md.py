@@ -37,9 +37,10 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from nashpref.game import GameError, PreferenceGame
+from nashpref.core.game import PreferenceGame
+from nashpref.errors import BadInput
 from nashpref.solvers.base import Batch, Policy, Round, Solver, SolverConfig, register
-from nashpref.solvers.common import check_number, require_tau, round_tau
+from nashpref.solvers.checks import check_number, require_tau, round_tau
 from nashpref.solvers.online_ipo import online_ipo_loss
 
 DEFAULT_ITERATIONS_PER_TAU2 = 5.0       # budget 5/τ² steps; measured gaps are far below the KL bound's 1.6
@@ -111,7 +112,7 @@ class NashMD(Solver):
         tau = round_tau(round, self.name)
         beta = check_number(self.config.mixture, "mixture", self.name, high=1.0, low_open=False)
         if self.config.loss not in ("pg", "ipo"):
-            raise GameError(f"{self.name}: loss must be 'pg' or 'ipo', got {self.config.loss!r}")
+            raise BadInput(f"{self.name}: loss must be 'pg' or 'ipo', got {self.config.loss!r}")
         k = round.samples
         if self.config.loss == "pg":
             first = round.sample(k, "policy")

@@ -35,9 +35,10 @@ import math
 import torch
 from torch import Tensor
 
-from nashpref.game import PreferenceGame
+from nashpref.core.game import PreferenceGame
 from nashpref.solvers.base import Batch, Policy, Round, Solver, SolverConfig, register
-from nashpref.solvers.common import check_number, log_ratio_regression, require_tau, round_tau
+from nashpref.solvers.checks import check_number, require_tau, round_tau
+from nashpref.solvers.losses import log_ratio_regression
 
 DEFAULT_LR_SCALE = 10.0          # lr = s·τ²/(1 + s·τ²); stability needs roughly lr < 37τ² (τ ≤ 0.1)
 DEFAULT_LR_ITERATIONS = 100.0    # default budget: iterations·lr = this

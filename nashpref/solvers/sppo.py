@@ -5,7 +5,7 @@
     π_{t+1}(y) ∝ π_t(y) exp(η P(y ≻ π_t)).
 
 SPPO has no KL term to μ, so it ignores τ and solves the τ = 0 game. The guarantee is on the **average iterate**
-π̄_T = (1/T) Σ_t π_t. Its unregularised gap equals 2·regret/T exactly (see ``_shared_b``), and Hedge's regret bound
+π̄_T = (1/T) Σ_t π_t. Its unregularised gap equals 2·regret/T exactly (see ``nashpref.solvers.hedge``), and Hedge's regret bound
 gives Gap₀(π̄_T) ≤ √(2L/T) = O(1/√T) for the step η = √(8L/T), with L = log(1/min μ). By default the horizon is
 chosen so that this bound is ``target_gap``. The **last iterate does not converge**: around an interior
 equilibrium it cycles outward (tests/test_sppo.py measures this).
@@ -52,11 +52,13 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor
 
-from nashpref.game import GameError, PreferenceGame
-from nashpref.solvers._shared_b import (compact, distinct_weights, hedge_horizon, hedge_step, preference_matrix,
-                                        reference_entries, require_samples, take)
-from nashpref.solvers.base import Batch, Policy, Round, Solver, SolverConfig, register
-from nashpref.solvers.common import check_number
+from nashpref.core.game import PreferenceGame
+from nashpref.errors import BadInput
+from nashpref.solvers.base import Batch, Policy, Round, Solver, SolverConfig, register, take
+from nashpref.solvers.checks import check_number, require_samples
+from nashpref.solvers.coverage import compact, distinct_weights
+from nashpref.solvers.hedge import hedge_horizon, hedge_step
+from nashpref.solvers.win_rates import preference_matrix, reference_entries
 
 SAMPLED_ETA = 1.0
 
@@ -137,7 +139,7 @@ class SPPO(Solver):
         require_samples(self.name, k)
         responses = round.sample(k)
         if self.config.pairs not in ("all", "best-worst"):
-            raise GameError(f"{self.name}: pairs must be 'all' or 'best-worst', got {self.config.pairs!r}")
+            raise BadInput(f"{self.name}: pairs must be 'all' or 'best-worst', got {self.config.pairs!r}")
         win_rate = preference_matrix(round, responses, k).mean(-1)   # row mean incl. the self term ½
         if self.config.pairs == "best-worst":
             index = torch.stack([win_rate.argmax(-1), win_rate.argmin(-1)], dim=-1)
@@ -165,7 +167,7 @@ class SPPO(Solver):
             weight, log_prob, previous, win_rate = compact(weight, log_prob, previous, win_rate)
         eta = SAMPLED_ETA if self.config.eta is None else check_number(self.config.eta, "eta", self.name)
         if self.config.log_partition not in ("half", "fit"):
-            raise GameError(f"{self.name}: log_partition must be 'half' or 'fit', got {self.config.log_partition!r}")
+            raise BadInput(f"{self.name}: log_partition must be 'half' or 'fit', got {self.config.log_partition!r}")
         fit = self.config.log_partition == "fit"
         per_context = sppo_context_loss(log_prob, previous, win_rate, eta, weight, fit)
         # distinct: summed over contexts too, so lr ½ stays one exact step whatever the batch size

@@ -22,7 +22,8 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from nashpref.game import GameError, PreferenceGame, validate_matrix, validate_reference, validate_tau, as_tensor
+from nashpref.errors import GameError
+from nashpref.core.game import PreferenceGame, validate_matrix, validate_reference, validate_tau, as_tensor
 
 DEFAULT_TAU = 0.1
 GAME_KEYS = {"name", "description", "tau", "actions", "reference", "preference", "context"}
@@ -39,7 +40,7 @@ PREFERENCE_KEYS = {
 def games_dir() -> Path:
     """Where game NAMEs are looked up: ``$NASHPREF_GAMES`` if set, else the repository's ``games/``."""
     override = os.environ.get("NASHPREF_GAMES")
-    return Path(override) if override else Path(__file__).resolve().parents[1] / "games"
+    return Path(override) if override else Path(__file__).resolve().parents[2] / "games"
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,5 @@
-"""Sampling responses from language-model policies: the response container and the options every sampler shares.
-
-Two samplers implement ``sample(policy, contexts, n, generator) -> TokenResponses``:
-
-* ``nashpref.sampling.hf.HFSampler`` — transformers ``generate`` on the policy's own module (always available);
-  ``nashpref.sampling.hf.sample_mixture`` samples Nash-MD's geometric mixture π^(1−β) μ^β token by token;
-* ``nashpref.sampling.vllm.VLLMSampler`` — an in-process vLLM engine that receives the policy's weights after
-  every iteration (``sync_weights``) and checks them (``verify_sync``).
-
-Nothing here imports transformers or vLLM.
-"""
+"""The responses of a language-model policy: K token sequences per prompt (``TokenResponses``), packed from lists,
+and left padding of prompts. Nothing here imports transformers or vLLM."""
 
 from __future__ import annotations
 
@@ -18,37 +9,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["SamplingConfig", "TokenResponses", "responses_from_lists", "draw_seed"]
-
-
-@dataclasses.dataclass
-class SamplingConfig:
-    """How responses are drawn (the same options for every sampler)."""
-
-    max_new_tokens: int = 64
-    """Maximum response length in tokens (a response that hits it has no end-of-turn token)."""
-    temperature: float = 1.0
-    """Softmax temperature; 0 means greedy decoding (the n samples of a prompt are then identical)."""
-    top_p: float = 1.0
-    """Nucleus sampling: keep the smallest set of tokens with total probability ≥ top_p (1 = off)."""
-    top_k: int = 0
-    """Keep only the k most likely tokens (0 = off)."""
-
-    def __post_init__(self):
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be ≥ 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be ≥ 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be ≥ 0, got {self.top_k}")
-
-
-def draw_seed(generator: torch.Generator | None) -> int:
-    """A 31-bit seed drawn from ``generator`` (or torch's global RNG): samplers that keep their own random
-    state (transformers ``generate``, vLLM) are made a deterministic function of the loop's generator."""
-    return int(torch.randint(0, 2**31 - 1, (1,), generator=generator).item())
+__all__ = ["TokenResponses", "responses_from_lists", "left_pad"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -187,3 +148,15 @@ def _pad_last(x: Tensor, width: int, value) -> Tensor:
     if x.shape[-1] == width:
         return x
     return torch.nn.functional.pad(x, (0, width - x.shape[-1]), value=value)
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device=None) -> tuple[Tensor, Tensor]:
+    """(N, P) left-padded ids and a bool mask for lists of token ids."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, row in enumerate(rows):
+        if row:
+            ids[i, width - len(row):] = torch.as_tensor(list(row), dtype=torch.long)
+            mask[i, width - len(row):] = True
+    return ids.to(device), mask.to(device)

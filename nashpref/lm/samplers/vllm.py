@@ -22,12 +22,14 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+import weakref
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from nashpref.sampling import SamplingConfig, TokenResponses, draw_seed, responses_from_lists
+from nashpref.lm.responses import TokenResponses, responses_from_lists
+from nashpref.lm.samplers.base import SamplingConfig, draw_seed
 
 __all__ = ["VLLMSampler", "WeightSyncError"]
 
@@ -40,6 +42,9 @@ class VLLMSampler:
     """``sample(policy, contexts, n, generator)`` from a colocated ``vllm.LLM`` engine.
 
     ``version`` counts syncs; a frozen policy remembers it and refuses to sample once the engine has moved on.
+    ``sample`` first makes sure the engine holds the policy's current weights (``ensure_synced``): a sync happens
+    only when the weights changed since the last one, and with ``verify`` each new sync is checked once;
+    ``sync_seconds`` adds up the time spent syncing and checking.
     Engine options pass through: ``gpu_memory_utilization``, ``tensor_parallel_size``, ``enable_sleep_mode``
     (the engine then sleeps after each ``sample`` and wakes for the next sync or sample), ``max_model_len`` and
     any other ``vllm.LLM`` keyword in ``engine_kwargs``. On CPU ``kv_cache_memory_bytes`` defaults to 1 GiB and
@@ -50,7 +55,7 @@ class VLLMSampler:
                  tolerance: float | None = None, probe_size: int = 4, gpu_memory_utilization: float = 0.5,
                  tensor_parallel_size: int = 1, enable_sleep_mode: bool = False, sleep_level: int = 1,
                  max_model_len: int | None = None, kv_cache_memory_bytes: int | None = None,
-                 enforce_eager: bool | None = None, engine_kwargs: dict | None = None):
+                 enforce_eager: bool | None = None, engine_kwargs: dict | None = None, verify: bool = False):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         from vllm import LLM
 
@@ -90,11 +95,16 @@ class VLLMSampler:
         self._probe: list[list[int]] | None = None
         self._recent: list[list[int]] = []
         self._weights_dir: tempfile.TemporaryDirectory | None = None
+        self.verify = verify
+        self.sync_seconds = 0.0
+        self._held: tuple | None = None         # (weak reference to the synced policy, its tensors' versions)
+        self._verified: int | None = None
 
     # ---- sampling -------------------------------------------------------------------------------------------
     def sample(self, policy, contexts: Tensor, n: int, generator: torch.Generator | None = None) -> TokenResponses:
         from vllm import SamplingParams
 
+        self.ensure_synced(policy)
         self._wake(policy)
         seed = draw_seed(generator)
         config = self.config
@@ -122,8 +132,22 @@ class VLLMSampler:
         self._wake(policy, resync=False)
         self._load(policy)
         self.version += 1
+        self._held = (weakref.ref(policy), _versions(policy))
         self.last_sync_seconds = time.perf_counter() - start
         return self.last_sync_seconds
+
+    def ensure_synced(self, policy) -> None:
+        """Sync ``policy`` unless the engine already holds its current weights; with ``verify``, check each sync
+        once. Both count in ``sync_seconds``."""
+        policy = getattr(policy, "live", policy)
+        start = time.perf_counter()
+        held = self._held
+        if held is None or held[0]() is not policy or held[1] != _versions(policy):
+            self.sync_weights(policy)
+        if self.verify and self._verified != self.version:
+            self.verify_sync(policy)
+            self._verified = self.version
+        self.sync_seconds += time.perf_counter() - start
 
     def _load(self, policy) -> None:
         state = policy.full_state()
@@ -202,6 +226,11 @@ class VLLMSampler:
         self.llm = None
         if self._weights_dir is not None:
             self._weights_dir.cleanup()
+
+
+def _versions(policy) -> tuple[int, ...]:
+    # Every in-place update of a tensor (optimizer step, copy_) bumps its version counter.
+    return tuple(p._version for p in policy.model.parameters())
 
 
 def policy_sequence_log_probs(policy, sequences: list[list[int]]) -> list[Tensor]:

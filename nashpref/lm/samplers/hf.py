@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from nashpref.sampling import SamplingConfig, TokenResponses, draw_seed, responses_from_lists
+from nashpref.lm.responses import TokenResponses, responses_from_lists
+from nashpref.lm.samplers.base import SamplingConfig, draw_seed
 
 __all__ = ["HFSampler", "MixtureDecoder", "sample_mixture", "generate_texts", "cut_at_eos"]
 
@@ -44,7 +45,7 @@ def _generate(model, rows: list[list[int]], n: int, config: SamplingConfig, seed
               eos_ids: list[int]) -> tuple[list, list]:
     from transformers import GenerationConfig
 
-    from nashpref.policies.lm import left_pad
+    from nashpref.lm.responses import left_pad
 
     device = next(model.parameters()).device
     ids, mask = left_pad(rows, pad_id, device)
@@ -100,7 +101,7 @@ class MixtureDecoder:
 
     @torch.no_grad()
     def start(self, prompt_rows: list[list[int]]) -> Tensor:
-        from nashpref.policies.lm import left_pad
+        from nashpref.lm.responses import left_pad
 
         device = next(self.models[0].parameters()).device
         ids, mask = left_pad(prompt_rows, self.pad_id, device)

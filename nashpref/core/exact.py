@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from nashpref.game import PreferenceGame
+from nashpref.core.game import PreferenceGame
 from nashpref.solvers.base import Solver
 
 

@@ -1,24 +1,25 @@
-"""What every text preference oracle shares, and the ``--preference KIND:ARG`` loader.
+"""What every text preference oracle shares, and the registry of ``--preference KIND:ARG`` kinds.
 
 A text oracle implements ``prefer_texts(prompts, responses_a, responses_b) -> (n,) P(a ≻ b | x)`` on flat lists;
 ``prefer(contexts, a, b)`` adapts it to the self-play loop: ``a`` and ``b`` are (B, M) ``TokenResponses`` that
 carry their prompts, and the answer is (B, M). Probabilities are float32 on the CPU.
 
 Prompts are what the prompt dataset holds: plain text or a list of chat messages ({"role", "content"}).
+
+Each oracle class names its KIND (``prefix``) and builds itself from ARG (``from_spec``); ``@register`` adds it to
+``REGISTRY``. This module imports none of them: ``nashpref.preferences`` does, and loads a spec.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import torch
 from torch import Tensor
 
-from nashpref.game import GameError
 
 Prompt = str | list[dict]
-KINDS = ("reward", "pairwise", "judge", "rule", "python")
 
 
 def chat_messages(prompt: Prompt) -> list[dict]:
@@ -37,6 +38,14 @@ def prompt_text(prompt: Prompt) -> str:
 
 class TextOracle(ABC):
     """P(a ≻ b | x) for batches of text pairs."""
+
+    prefix: ClassVar[str]
+    """KIND of the ``--preference KIND:ARG`` specs this class answers."""
+
+    @classmethod
+    def from_spec(cls, arg: str, *, device: str | None = None, dtype: str = "auto") -> "TextOracle":
+        """The oracle of ``--preference KIND:ARG`` (ARG: a model path by default)."""
+        return cls.from_pretrained(arg, device=device, dtype=dtype)
 
     @abstractmethod
     def prefer_texts(self, prompts: Sequence[Prompt], a: Sequence[str], b: Sequence[str]) -> Tensor:
@@ -65,51 +74,6 @@ def check_lengths(name: str, prompts, a, b) -> int:
     return len(prompts)
 
 
-def load_text_oracle(spec: str, *, device: str | None = None, dtype: str = "auto") -> TextOracle:
-    """An oracle from ``reward:PATH``, ``pairwise:PATH``, ``judge:PATH``, ``rule:NAME`` or ``python:FILE.py:NAME``."""
-    kind, sep, arg = spec.partition(":")
-    if not sep or not arg:
-        raise GameError(f"--preference {spec!r}: expected KIND:ARG with KIND one of {', '.join(KINDS)}")
-    if kind == "reward":
-        from nashpref.preferences.reward import RewardOracle
-        return RewardOracle.from_pretrained(arg, device=device, dtype=dtype)
-    if kind == "pairwise":
-        from nashpref.preferences.pairwise import PairwiseOracle
-        return PairwiseOracle.from_pretrained(arg, device=device, dtype=dtype)
-    if kind == "judge":
-        from nashpref.preferences.judge import JudgeOracle
-        return JudgeOracle.from_pretrained(arg, device=device, dtype=dtype)
-    if kind == "rule":
-        from nashpref.preferences.rule import rule_oracle
-        return rule_oracle(arg)
-    if kind == "python":
-        from nashpref.preferences.python_hook import PythonOracle
-        return PythonOracle(arg)
-    raise GameError(f"--preference {spec!r}: unknown kind {kind!r}; use one of {', '.join(KINDS)}")
-
-
-def load_sequence_classifier(path: str, *, device: str | None = None, dtype: str = "auto", what: str = "model"):
-    """(model, tokenizer) of an AutoModelForSequenceClassification, eval mode, right padding, a pad token set."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from nashpref.policies.lm import _check_model_path, _dtype, default_dtype
-
-    target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    _check_model_path(path)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, dtype=default_dtype(target) if dtype == "auto" else _dtype(dtype))
-    except (OSError, ValueError) as exc:
-        raise GameError(f"{path}: cannot load a sequence-classification {what}: {str(exc).splitlines()[0]}") from None
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
-    tokenizer.padding_side = "right"
-    return model.to(target).eval(), tokenizer
-
-
 @torch.no_grad()
 def classifier_logits(model, tokenizer, texts: list[str], batch_size: int, chat: bool) -> Tensor:
     """(n, labels) float32 logits; texts rendered by a chat template already carry their special tokens."""
@@ -120,3 +84,12 @@ def classifier_logits(model, tokenizer, texts: list[str], batch_size: int, chat:
                         add_special_tokens=not chat).to(device)
         out.append(model(**enc).logits.float().cpu())
     return torch.cat(out) if out else torch.zeros((0, model.config.num_labels))
+
+
+REGISTRY: dict[str, type[TextOracle]] = {}
+
+
+def register(cls: type[TextOracle]) -> type[TextOracle]:
+    """Class decorator: ``--preference <cls.prefix>:ARG`` builds ``cls.from_spec(ARG, ...)``."""
+    REGISTRY[cls.prefix] = cls
+    return cls

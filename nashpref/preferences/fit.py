@@ -12,7 +12,7 @@ d = 0 on every row and loss exactly log 2, so a loss below log 2 means the model
 
 The output directory is a transformers checkpoint (model + tokenizer) that ``--preference pairwise:DIR`` loads,
 plus ``metrics.jsonl`` (one row per epoch; epoch 0 is the starting model) and ``fit.json``. It appears only once
-training has finished; bad input raises a one-line GameError before anything is written.
+training has finished; bad input raises a one-line BadInput before anything is written.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nashpref.game import GameError
-from nashpref.outputs import check_output_dir, jsonable, staged_output, write_json, write_jsonl
+from nashpref.errors import BadInput
+from nashpref.io import check_output_dir, jsonable, staged_output, write_json, write_jsonl
 
 __all__ = ["FitPreferenceConfig", "FitResult", "PreferenceRows", "run_fit_preference", "load_preference_rows",
            "pair_logits"]
@@ -111,46 +111,46 @@ class FitResult:
 
 
 def validate_config(config: FitPreferenceConfig) -> None:
-    from nashpref.policies.lm import require_lm_extra
+    from nashpref.lm.loading import require_lm_extra
 
     require_lm_extra("fit-preference")
     for name in ("epochs", "batch_size", "max_length"):
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise GameError(f"--{name.replace('_', '-')} must be an integer >= 1, got {value!r}")
+            raise BadInput(f"--{name.replace('_', '-')} must be an integer >= 1, got {value!r}")
     if not (isinstance(config.lr, (int, float)) and math.isfinite(config.lr) and config.lr > 0):
-        raise GameError(f"--lr must be a finite number > 0, got {config.lr!r}")
+        raise BadInput(f"--lr must be a finite number > 0, got {config.lr!r}")
     if not (isinstance(config.weight_decay, (int, float)) and math.isfinite(config.weight_decay)
             and config.weight_decay >= 0):
-        raise GameError(f"--weight-decay must be a finite number >= 0, got {config.weight_decay!r}")
+        raise BadInput(f"--weight-decay must be a finite number >= 0, got {config.weight_decay!r}")
     if not (isinstance(config.validation, (int, float)) and 0 <= config.validation < 1):
-        raise GameError(f"--validation must be in [0, 1), got {config.validation!r}")
+        raise BadInput(f"--validation must be in [0, 1), got {config.validation!r}")
 
 
 def load_preference_rows(spec: str, prompt_column: str = "prompt", a_column: str = "a", b_column: str = "b",
                          label_column: str = "label", split: str = "train") -> PreferenceRows:
-    """Rows from a local file or a hub dataset; a missing column or a bad value is a one-line GameError."""
-    from nashpref.data import load_table
+    """Rows from a local file or a hub dataset; a missing column or a bad value is a one-line BadInput."""
+    from nashpref.lm.data import load_table
 
     ds = load_table(spec, split, "preference data")
     columns = {"prompt": prompt_column, "a": a_column, "b": b_column, "label": label_column}
     for role, column in columns.items():
         if column not in ds.column_names:
-            raise GameError(f"{spec}: no column {column!r} (columns: {', '.join(ds.column_names)}); pass "
+            raise BadInput(f"{spec}: no column {column!r} (columns: {', '.join(ds.column_names)}); pass "
                             f"--{role}-column")
     if len(ds) == 0:
-        raise GameError(f"{spec}: no rows")
+        raise BadInput(f"{spec}: no rows")
     prompts, a, b, labels = (ds[c] for c in (prompt_column, a_column, b_column, label_column))
     for i, (prompt, x, y, label) in enumerate(zip(prompts, a, b, labels)):
         if not (isinstance(prompt, str) or (isinstance(prompt, list) and prompt and
                                             all(isinstance(m, dict) and "content" in m for m in prompt))):
-            raise GameError(f"{spec}: row {i}: {prompt_column!r} must be text or a list of chat messages")
+            raise BadInput(f"{spec}: row {i}: {prompt_column!r} must be text or a list of chat messages")
         if not isinstance(x, str) or not isinstance(y, str):
-            raise GameError(f"{spec}: row {i}: {a_column!r} and {b_column!r} must be text")
+            raise BadInput(f"{spec}: row {i}: {a_column!r} and {b_column!r} must be text")
         if isinstance(label, bool):
             continue
         if not isinstance(label, (int, float)) or not (0.0 <= label <= 1.0):
-            raise GameError(f"{spec}: row {i}: {label_column!r} must be a probability in [0, 1] or a 0/1 label, "
+            raise BadInput(f"{spec}: row {i}: {label_column!r} must be a probability in [0, 1] or a 0/1 label, "
                             f"got {label!r}")
     return PreferenceRows(list(prompts), list(a), list(b), torch.tensor([float(v) for v in labels],
                                                                         dtype=torch.float64))
@@ -161,19 +161,19 @@ def load_base(config: FitPreferenceConfig):
     truncation."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from nashpref.policies.lm import _check_model_path, _dtype, default_dtype
+    from nashpref.lm.loading import check_model_path, parse_dtype, default_dtype
 
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    _check_model_path(config.base)
+    check_model_path(config.base)
     with torch.random.fork_rng(devices=[]), _quiet_loading():
         torch.manual_seed(config.seed)          # the fresh score head
         try:
             tokenizer = AutoTokenizer.from_pretrained(config.base)
             model = AutoModelForSequenceClassification.from_pretrained(
                 config.base, num_labels=1, ignore_mismatched_sizes=True,
-                dtype=default_dtype(device) if config.dtype == "auto" else _dtype(config.dtype))
+                dtype=default_dtype(device) if config.dtype == "auto" else parse_dtype(config.dtype))
         except (OSError, ValueError) as exc:
-            raise GameError(f"--base {config.base}: cannot load a sequence classifier: "
+            raise BadInput(f"--base {config.base}: cannot load a sequence classifier: "
                             f"{str(exc).splitlines()[0]}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -1,4 +1,5 @@
-"""A table of logits per context: the policy on which every sampled loss is checked against the exact game.
+"""The tabular side of the loop's protocols: a table of logits per context (the policy on which every sampled
+loss is checked against the exact game) and the game's exact preference as an oracle.
 
 A response is a single action id, so responses are LongTensors of shape (B, K) and a response's sequence
 log-prob is just the log-probability of its action (``normalize`` has nothing to divide by).
@@ -9,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from nashpref.game import DTYPE, as_tensor
+from nashpref.core.game import DTYPE, PreferenceGame, as_tensor
 
 
 class TabularPolicy(torch.nn.Module):
@@ -61,3 +62,17 @@ class TabularPolicy(torch.nn.Module):
 
 def _draw(log_probs: Tensor, n: int, generator: torch.Generator | None) -> Tensor:
     return torch.multinomial(log_probs.exp(), n, replacement=True, generator=generator)
+
+
+class MatrixOracle:
+    """P(a ≻ b | x_c) = P[c, a, b] for action ids; labels (if any) are drawn by the round, not here."""
+
+    def __init__(self, game: PreferenceGame):
+        self.P = game.P
+
+    def prefer(self, contexts: Tensor, a: Tensor, b: Tensor) -> Tensor:
+        """(B, M) exact probabilities for (B,) contexts and (B, M) action ids ``a``, ``b``."""
+        if a.shape != b.shape or a.shape[0] != contexts.shape[0]:
+            raise ValueError(f"MatrixOracle: responses of shapes {tuple(a.shape)} and {tuple(b.shape)} "
+                             f"for {contexts.shape[0]} contexts; expected equal (B, M) shapes")
+        return self.P[contexts.unsqueeze(-1), a, b]

@@ -20,7 +20,7 @@ import torch
 from scipy.optimize import linprog
 from torch import Tensor
 
-from nashpref.game import DTYPE, PreferenceGame
+from nashpref.core.game import DTYPE, PreferenceGame
 
 
 @dataclass

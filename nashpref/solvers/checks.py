@@ -1,12 +1,12 @@
-"""Checks and loss pieces shared by the regularised-game solvers (Nash-MD, EGPO, online IPO)."""
+"""Checks every solver makes of its options and of the round it is given; each failure is one line (BadInput, or
+GameError when the game itself cannot be solved)."""
 
 from __future__ import annotations
 
 import math
 
-from torch import Tensor
-
-from nashpref.game import GameError, PreferenceGame
+from nashpref.core.game import PreferenceGame
+from nashpref.errors import BadInput, GameError
 
 
 def require_tau(game: PreferenceGame, solver: str) -> float:
@@ -19,27 +19,24 @@ def require_tau(game: PreferenceGame, solver: str) -> float:
 
 def check_number(value, field: str, solver: str, *, low: float = 0.0, high: float = math.inf,
                  low_open: bool = True) -> float:
-    """``value`` as a float, or GameError unless it is finite and lies in (low, high] ([low, high] if not
+    """``value`` as a float, or BadInput unless it is finite and lies in (low, high] ([low, high] if not
     ``low_open``)."""
     ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
           and (value > low if low_open else value >= low) and value <= high)
     if not ok:
         interval = f"{'(' if low_open else '['}{low:g}, {high:g}]"
-        raise GameError(f"{solver}: {field} must be a finite number in {interval}, got {value!r}")
+        raise BadInput(f"{solver}: {field} must be a finite number in {interval}, got {value!r}")
     return float(value)
-
-
-def log_ratio_regression(log_prob: Tensor, log_prob_other: Tensor, ref: Tensor, ref_other: Tensor,
-                         target: Tensor) -> Tensor:
-    """Per-pair (h − target)², h = log π_θ(y)/μ(y) − log π_θ(y')/μ(y'): the squared loss behind online IPO,
-    IPO-MD and EGPO; only the target differs between them."""
-    margin = (log_prob - ref) - (log_prob_other - ref_other)
-    return (margin - target) ** 2
 
 
 def round_tau(round, solver: str) -> float:
     """The KL strength τ of the game a round belongs to (the loop sets ``round.tau``); it must be > 0."""
     tau = getattr(round, "tau", None)
     if tau is None or not tau > 0:
-        raise GameError(f"{solver}: sampled training needs the round's KL strength tau > 0, got {tau!r}")
+        raise BadInput(f"{solver}: sampled training needs the round's KL strength tau > 0, got {tau!r}")
     return float(tau)
+
+
+def require_samples(name: str, k: int, at_least: int = 2) -> None:
+    if k < at_least:
+        raise BadInput(f"{name}: needs at least {at_least} samples per context to compare, got samples={k}")

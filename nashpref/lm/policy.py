@@ -25,30 +25,12 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from nashpref.game import GameError
-from nashpref.sampling import SamplingConfig, TokenResponses
+from nashpref.errors import BadInput
+from nashpref.lm.loading import load_causal_lm
+from nashpref.lm.responses import TokenResponses, left_pad
+from nashpref.lm.samplers.base import SamplingConfig
 
 Prompt = str | list[dict]
-
-
-LM_EXTRA = ("transformers", "datasets", "safetensors", "tokenizers")
-
-
-def require_lm_extra(command: str) -> None:
-    """GameError naming the missing package when the `lm` extra is not installed."""
-    import importlib.util
-
-    missing = [name for name in LM_EXTRA if importlib.util.find_spec(name) is None]
-    if missing:
-        raise GameError(f"{command} needs the language-model extra ({', '.join(missing)} missing): "
-                        "pip install -e '.[lm]'")
-
-
-def default_dtype(device: torch.device) -> torch.dtype:
-    """bf16 on accelerators that support it, fp32 otherwise (CPU bf16 matmuls are slow and imprecise)."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
 
 
 def render_prompt(tokenizer, prompt: Prompt) -> list[int]:
@@ -74,7 +56,7 @@ class LMPolicy(torch.nn.Module):
                  sampling: SamplingConfig | None = None, eval_batch_size: int = 64, verify_every_sync: bool = True):
         super().__init__()
         if not prompts:
-            raise GameError("LMPolicy: the prompt list is empty")
+            raise BadInput("LMPolicy: the prompt list is empty")
         self.model = model
         self.model.eval()
         self.tokenizer = tokenizer
@@ -82,14 +64,14 @@ class LMPolicy(torch.nn.Module):
         self.prompt_ids = [render_prompt(tokenizer, p) for p in self.prompts]
         self.sampling = sampling or getattr(sampler, "config", None) or SamplingConfig()
         if sampler is None:
-            from nashpref.sampling.hf import HFSampler
+            from nashpref.lm.samplers.hf import HFSampler
             sampler = HFSampler(self.sampling)
         self.sampler = sampler
         self.eval_batch_size = eval_batch_size
         self.verify_every_sync = verify_every_sync
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if self.pad_id is None:
-            raise GameError("LMPolicy: the tokenizer has neither a pad nor an eos token")
+            raise BadInput("LMPolicy: the tokenizer has neither a pad nor an eos token")
 
     # ---- construction ---------------------------------------------------------------------------------------
     @classmethod
@@ -109,7 +91,7 @@ class LMPolicy(torch.nn.Module):
             reference_model, reference_tokenizer = load_causal_lm(reference, device=device, dtype=dtype,
                                                                   trust_remote_code=trust_remote_code)
             if reference_tokenizer.get_vocab() != tokenizer.get_vocab():
-                raise GameError(f"{reference}: the reference model's tokenizer differs from {name_or_path}'s")
+                raise BadInput(f"{reference}: the reference model's tokenizer differs from {name_or_path}'s")
             if lora is not None:
                 model = _wrap_lora(model, lora)
         elif lora is None:
@@ -174,15 +156,15 @@ class LMPolicy(torch.nn.Module):
     def sample_mixture(self, contexts: Tensor, n: int, reference: "LMPolicy", beta: float,
                        generator: torch.Generator | None = None) -> TokenResponses:
         """(B, n) responses from the token-level geometric mixture π^(1−β) μ^β (transformers, KV cache on)."""
-        from nashpref.sampling.hf import sample_mixture
+        from nashpref.lm.samplers.hf import sample_mixture
 
         return sample_mixture(self, reference, _as_index(contexts), n, beta, self.sampling, generator)
 
     def frozen(self) -> "FrozenLMPolicy":
         """π_t: a no-grad view of the current weights (see the module docstring); a sampler holding its own
         weights is synced here (and verified when ``verify_every_sync``)."""
-        if hasattr(self.sampler, "sync_weights"):
-            self.sampler.sync_weights(self)
+        if hasattr(self.sampler, "ensure_synced"):
+            self.sampler.ensure_synced(self)
             if self.verify_every_sync:
                 self.sampler.verify_sync(self)
         return FrozenLMPolicy(self)
@@ -279,52 +261,6 @@ class FrozenLMPolicy:
 def _versions(policy: LMPolicy) -> list[int]:
     # Every in-place update (optimizer step, load_state_dict, copy_) bumps a tensor's version counter.
     return [p._version for p in policy.model.parameters()]
-
-
-def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device=None) -> tuple[Tensor, Tensor]:
-    """(N, P) left-padded ids and a bool mask for lists of token ids."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.bool)
-    for i, row in enumerate(rows):
-        if row:
-            ids[i, width - len(row):] = torch.as_tensor(list(row), dtype=torch.long)
-            mask[i, width - len(row):] = True
-    return ids.to(device), mask.to(device)
-
-
-def load_causal_lm(name_or_path: str, *, device: str | None = None, dtype: str | torch.dtype = "auto",
-                   trust_remote_code: bool = False):
-    """(model, tokenizer) in eval mode; a missing local path or unknown id is a one-line GameError."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    torch_dtype = default_dtype(target) if dtype == "auto" else _dtype(dtype)
-    _check_model_path(name_or_path)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype,
-                                                     trust_remote_code=trust_remote_code)
-    except OSError as exc:
-        raise GameError(f"{name_or_path}: cannot load a causal LM: {str(exc).splitlines()[0]}") from None
-    return model.to(target).eval(), tokenizer
-
-
-def _check_model_path(name_or_path: str) -> None:
-    path = Path(name_or_path)
-    looks_local = name_or_path.startswith((".", "/", "~")) or path.exists() or name_or_path.count("/") > 1
-    if looks_local and not path.is_dir():
-        raise GameError(f"{name_or_path}: model directory does not exist")
-
-
-def _dtype(value: str | torch.dtype) -> torch.dtype:
-    if isinstance(value, torch.dtype):
-        return value
-    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
-    if value not in names:
-        raise GameError(f"unknown dtype {value!r}; use auto, float32, bfloat16 or float16")
-    return names[value]
 
 
 def _as_index(contexts) -> Tensor:

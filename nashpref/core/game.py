@@ -19,13 +19,11 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
+from nashpref.errors import GameError
+
 DTYPE = torch.float64
 COMPLEMENT_TOL = 1e-9
 SIMPLEX_TOL = 1e-9
-
-
-class GameError(ValueError):
-    """A game (or its file) breaks one of the rules; the message names where and which rule."""
 
 
 def as_tensor(x, dtype=DTYPE) -> Tensor:

@@ -1,0 +1,29 @@
+"""`nashpref games`: the shipped games as a table."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from nashpref.cli.tables import shorten, table
+from nashpref.core.gamefile import games_dir, list_games
+from nashpref.errors import UsageError
+
+DESCRIPTION_WIDTH = 80          # `nashpref games` cuts descriptions to this (unless --full)
+
+
+@dataclasses.dataclass
+class Games:
+    """List the shipped games (the .toml files of the games directory, or of $NASHPREF_GAMES)."""
+
+    full: bool = False
+    """Print whole descriptions (by default each is cut to fit one line of the table)."""
+
+
+def run_games(cmd: Games) -> int:
+    infos = list_games()
+    if not infos:
+        raise UsageError(f"no game files (*.toml) in {games_dir()}")
+    print(table(["name", "contexts", "actions", "tau", "description"],
+                [[g.name, g.num_contexts, g.num_actions, f"{g.tau:g}", g.description if cmd.full else
+                  shorten(g.description, DESCRIPTION_WIDTH)] for g in infos]))
+    return 0

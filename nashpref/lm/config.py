@@ -1,0 +1,180 @@
+"""The options of `nashpref train`: one dataclass (its field docstrings are `--help`), validated on itself."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Literal
+
+from nashpref.errors import BadInput
+from nashpref.io import jsonable
+from nashpref.solvers import REGISTRY, Solver, option_field
+
+__all__ = ["TrainConfig", "make_solver", "describe_config", "RESUMABLE_CHANGES"]
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Train a causal language model by self-play under a preference oracle with one of the registered solvers.
+    Writes OUT/metrics.jsonl, OUT/rounds/, OUT/checkpoints/ and OUT/final/ (a transformers checkpoint)."""
+
+    policy: str
+    """The policy to train: a transformers causal-LM hub id or a local directory (with its tokenizer)."""
+    preference: str
+    """Preference oracle P(a ≻ b | x): reward:PATH (Bradley-Terry over a reward model), pairwise:PATH (a pairwise
+    classifier read in both orders), judge:PATH (an instruction model, position-swapped), rule:NAME (length, warm,
+    cyclic) or python:FILE.py:NAME (your function (prompts, a, b) -> list of P(a ≻ b))."""
+    prompts: str
+    """Prompts: a local .jsonl / .json / .parquet / .csv file or a hub dataset id."""
+    solver: str
+    """Solver (its own options are --<solver>.<option>)."""
+    out: Path
+    """Output directory (created once every input has been checked)."""
+    reference: str | None = None
+    """The reference policy μ of the KL term: a causal-LM id or directory with the policy's tokenizer. Default:
+    the policy's initial weights (a separate frozen copy; with LoRA the frozen base model)."""
+    prompt_column: str = "prompt"
+    """Column holding the prompts (text, or a list of chat messages with 'role' and 'content')."""
+    prompt_split: str = "train"
+    """Dataset split to read when --prompts is a hub id."""
+    max_prompts: int | None = None
+    """Use only the first this many prompts of the file (default: all)."""
+    heldout: int = 8
+    """Prompts held out (drawn with --seed) to evaluate each iterate on; they are never trained on. 0: no
+    evaluation."""
+    tau: float = 0.1
+    """KL strength τ of the game max_π min_π' P(π ≻ π') − τ KL(π‖μ) + τ KL(π'‖μ) (solvers of the unregularised
+    game, SPPO and DNO, ignore it)."""
+    sampler: Literal["auto", "vllm", "hf"] = "auto"
+    """Who generates the responses: an in-process vLLM engine (weights synced after every iteration) or
+    transformers generate. auto: vllm when it is installed, else hf."""
+    iterations: int = 3
+    """Self-play iterations (rounds). With --resume: the total, counting the iterations already done."""
+    samples: int = 4
+    """K: responses sampled per prompt per round (solvers that compare pairs use K of them, or K pairs)."""
+    prompts_per_round: int | None = None
+    """Training prompts drawn (without replacement) per round; default: every training prompt."""
+    labels: Literal["exact", "bernoulli"] = "exact"
+    """Preference signal given to the solver: the oracle's probability P(a ≻ b), or one Bernoulli 0/1 label."""
+    epochs: int = 1
+    """Passes over each round's batch."""
+    minibatches: int = 1
+    """Optimizer steps per epoch (the round's prompts are shuffled and split into this many parts)."""
+    grad_accumulation: int = 1
+    """Micro-batches per optimizer step: each minibatch's loss is computed and back-propagated in this many
+    parts, so only one part's activations are in memory (the gradient is the same up to rounding)."""
+    lr: float = 1e-6
+    """Learning rate of AdamW."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float | None = 1.0
+    """Clip the gradient's global norm to this before each step (None: no clipping)."""
+    seed: int = 0
+    """Seed of every random draw: the held-out split, prompts per round, minibatches, samples and labels."""
+    max_new_tokens: int = 128
+    """Maximum response length in tokens."""
+    temperature: float = 1.0
+    """Sampling temperature (0: greedy). The solvers' theory assumes 1: samples from π itself."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold (1: off)."""
+    top_k: int = 0
+    """Top-k sampling (0: off)."""
+    eval_samples: int = 4
+    """Responses per held-out prompt and policy; win-rates compare all eval_samples² pairs."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights' dtype for the policy, the reference, the oracle model and vLLM. auto: bf16 on a GPU that
+    supports it, else float32."""
+    device: str | None = None
+    """Torch device of the models (default: cuda when available, else cpu)."""
+    lora_rank: int = 0
+    """LoRA rank (peft); 0 trains every weight. With LoRA the reference is the frozen base model (or
+    --reference), never "the adapter switched off"."""
+    lora_alpha: float | None = None
+    """LoRA scaling α (default: 2 × rank)."""
+    lora_target_modules: str = "all-linear"
+    """Modules that get adapters: 'all-linear' or a comma-separated list of module names."""
+    gpu_memory_utilization: float = 0.5
+    """[vllm] Share of GPU memory the engine may take (the policy, reference and optimizer need the rest)."""
+    tensor_parallel_size: int = 1
+    """[vllm] GPUs the engine shards the model over."""
+    enable_sleep_mode: bool = False
+    """[vllm] Free the engine's GPU memory between rounds (sleep after sampling, wake for the next sync)."""
+    max_model_len: int | None = None
+    """[vllm] Longest prompt + response the engine accepts (default: the model's)."""
+    verify_sync: bool = True
+    """[vllm] After every weight sync, compare the engine's log-probs with the policy's on a probe batch and stop
+    with an error above the tolerance."""
+    sync_tolerance: float | None = None
+    """[vllm] Largest accepted mean |Δ log-prob| per probe token (default: 1e-3 in float32, 3e-2 in bf16)."""
+    resume: bool = False
+    """Continue the run in --out from its last checkpoint (the other options must match the first run's)."""
+
+    def validate(self) -> None:
+        """Raise BadInput (one line naming the option) for any option out of range."""
+        def integer(name: str, low: int, allow_none: bool = False) -> None:
+            value = getattr(self, name)
+            if allow_none and value is None:
+                return
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise BadInput(f"--{name.replace('_', '-')} must be an integer >= {low}, got {value!r}")
+
+        def number(name: str, low: float, high: float = math.inf, low_open: bool = True,
+                   allow_none: bool = False) -> None:
+            value = getattr(self, name)
+            if allow_none and value is None:
+                return
+            ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+                  and (value > low if low_open else value >= low) and value <= high)
+            if not ok:
+                interval = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+                raise BadInput(f"--{name.replace('_', '-')} must be a finite number in {interval}, got {value!r}")
+
+        for name in ("iterations", "samples", "epochs", "minibatches", "grad_accumulation", "max_new_tokens",
+                     "eval_samples", "tensor_parallel_size"):
+            integer(name, 1)
+        for name in ("heldout", "top_k", "lora_rank"):
+            integer(name, 0)
+        integer("prompts_per_round", 1, allow_none=True)
+        integer("max_prompts", 1, allow_none=True)
+        integer("max_model_len", 1, allow_none=True)
+        number("lr", 0.0)
+        number("weight_decay", 0.0, low_open=False)
+        number("tau", 0.0, low_open=False)
+        number("temperature", 0.0, low_open=False)
+        number("top_p", 0.0, 1.0)
+        number("gpu_memory_utilization", 0.0, 1.0)
+        number("max_grad_norm", 0.0, allow_none=True)
+        number("sync_tolerance", 0.0, allow_none=True)
+        number("lora_alpha", 0.0, allow_none=True)
+        choices = {"sampler": ("auto", "vllm", "hf"), "labels": ("exact", "bernoulli"),
+                   "dtype": ("auto", "float32", "bfloat16", "float16")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise BadInput(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+
+
+def make_solver(config: TrainConfig) -> Solver:
+    """The solver named by ``config.solver`` with its options (``config.<solver>`` when present)."""
+    if config.solver not in REGISTRY:
+        raise BadInput(f"--solver {config.solver!r}: unknown solver; choose one of: {', '.join(REGISTRY)}")
+    cls = REGISTRY[config.solver]
+    options = getattr(config, option_field(config.solver), None)
+    if options is not None and not isinstance(options, cls.Config):
+        raise BadInput(f"--solver {config.solver}: options must be a {cls.__name__}.Config, "
+                        f"got {type(options).__name__}")
+    solver = cls(options)
+    if cls.needs_tau and not config.tau > 0:
+        raise BadInput(f"--solver {config.solver} needs --tau > 0 (it solves the KL-regularised game), "
+                        f"got {config.tau}")
+    return solver
+
+
+def describe_config(config: TrainConfig, solver: Solver) -> dict:
+    """The run's options as JSON (OUT/config.json), with the solver's options under ``solver_options``."""
+    fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(TrainConfig)}
+    return jsonable(fields | {"solver_options": dataclasses.asdict(solver.config)})
+
+
+# Options that may differ between a run and its resumption: they do not change the trajectory.
+RESUMABLE_CHANGES = ("iterations", "resume", "out", "device")

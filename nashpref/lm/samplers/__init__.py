@@ -1,0 +1,1 @@
+"""Samplers of language-model responses: transformers (``hf``) and an in-process vLLM engine (``vllm``)."""

@@ -1,0 +1,216 @@
+"""``nashpref train``: self-play training of a transformers causal LM with any registered solver.
+
+The tabular driver (``nashpref/sampled.py``) and this one run the same loop (:func:`nashpref.selfplay.self_play`)
+with the same solver ``collect`` / ``loss``; only the policy (an :class:`~nashpref.lm.policy.LMPolicy`), the
+sampler (vLLM or transformers) and the oracle (a text preference) differ. The run is built and checked in
+``nashpref.lm.build``; around the loop this module adds, through the loop's hooks (:class:`TrainHooks`):
+
+* **evaluation** on held-out prompts after every iteration (``nashpref.lm.evaluation``);
+* **records**: ``OUT/metrics.jsonl`` (one row per iteration), ``OUT/rounds/iteration-XXXX.jsonl`` (every
+  preference query of the round: prompt, both responses and P(a ≻ b)) and a seconds split into sampling,
+  judging, weight sync, evaluation and training;
+* ``OUT/final/``: the trained policy as a plain transformers checkpoint with its tokenizer.
+
+Checkpoints are the loop's own (``nashpref.lm.checkpoints``, written by the backend after every iteration);
+``--resume`` continues from the last one and ends with the same weights as a run that was never interrupted
+(bit for bit on CPU). Everything that can be wrong with the input is found before ``OUT`` is touched and raised
+as one line (``nashpref.errors``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from nashpref.errors import BadInput
+from nashpref.io import publish_directory, write_json, write_jsonl
+from nashpref.lm.backend.single import SingleBackend
+from nashpref.lm.build import (check_out, check_solver_options, load_policies, make_vllm_engine, probe_oracle,
+                               sampler_kind, split_prompts)
+from nashpref.lm.checkpoints import CHECKPOINTS, latest_state
+from nashpref.lm.config import TrainConfig, describe_config, make_solver
+from nashpref.lm.evaluation import HeldOutEvaluator
+from nashpref.lm.loading import check_model_path, require_lm_extra
+from nashpref.selfplay import Hooks, Iteration, self_play
+from nashpref.solvers import Solver
+
+__all__ = ["TrainConfig", "TrainResult", "TrainHooks", "run_train", "save_final"]
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What ``run_train`` did."""
+
+    rows: list[dict]
+    """One metrics row per iteration (the contents of metrics.jsonl)."""
+    final: Path
+    """OUT/final: the trained policy and its tokenizer."""
+    iterations: int
+    """Iterations done in total (including those before a resume)."""
+    seconds: float
+    """Wall-clock seconds of training and evaluation in total (including those before a resume)."""
+
+
+class TrainHooks(Hooks):
+    """The loop's hooks for a language model: held-out evaluation, the round datasets, metrics.jsonl (rank 0
+    writes), the time split and the progress bar."""
+
+    record_queries = True
+
+    def __init__(self, out: Path, evaluator: HeldOutEvaluator | None, sampler, prompt_rows: list[int], bar,
+                 rows: list[dict], write: bool):
+        self.out, self.evaluator, self.sampler, self.prompt_rows = out, evaluator, sampler, prompt_rows
+        self.bar, self.rows, self.write = bar, rows, write
+        self.started = False
+        self.sync = {"start": 0.0, "evaluation": 0.0}     # sync seconds at round start, during evaluation
+        self.evaluation_seconds = 0.0
+
+    def synced(self) -> float:
+        """Seconds the sampler has spent syncing weights so far (0 for samplers that share the policy's)."""
+        return getattr(self.sampler, "sync_seconds", 0.0)
+
+    def round_start(self, iteration: int) -> None:
+        if self.evaluator is not None and not self.started:
+            self.evaluator.start()          # π_t's and μ's responses, once the weights are restored
+            self.started = True
+        self.sync["start"] = self.synced()
+
+    def evaluate(self, iteration: int) -> dict[str, float]:
+        before, start = self.synced(), time.perf_counter()
+        result = self.evaluator() if self.evaluator is not None else {}    # syncs π_{t+1} into a vLLM engine
+        self.evaluation_seconds = time.perf_counter() - start
+        self.sync["evaluation"] = self.synced() - before
+        self.sync["round"] = before - self.sync["start"]
+        return result
+
+    def round_end(self, report: Iteration) -> None:
+        pairs = [row for r in report.rounds for row in self.query_rows(r.queried)]
+        sampling = sum(r.seconds["sampling"] for r in report.rounds)
+        judging = sum(r.seconds["judging"] for r in report.rounds)
+        row = {"iteration": report.iteration} | report.metrics
+        row |= {"queries": report.queries, "pairs": len(pairs), "samples": sum(r.drawn for r in report.rounds)}
+        row |= report.evaluation
+        row |= {"sampling_seconds": sampling, "judging_seconds": judging,
+                "sync_seconds": self.sync["round"] + self.sync["evaluation"],
+                "training_seconds": report.round_seconds - sampling - judging - self.sync["round"],
+                "evaluation_seconds": self.evaluation_seconds - self.sync["evaluation"], "seconds": report.seconds}
+        self.rows.append(row)
+        if self.write:
+            write_jsonl(self.out / "rounds" / f"iteration-{report.iteration:04d}.jsonl",
+                        [{"iteration": report.iteration} | r for r in pairs])
+            write_jsonl(self.out / "metrics.jsonl", self.rows)
+        self.bar.set_postfix({key: f"{row[key]:.3g}" for key in ("loss", "win_rate_vs_reference") if key in row},
+                             refresh=False)
+        self.bar.update()
+
+    def query_rows(self, queried: list) -> list[dict]:
+        """One row per preference query: the context, its prompt row in the prompt file, both texts and P."""
+        rows = []
+        for contexts, a, b, p in queried:
+            texts_a, texts_b = a.texts, b.texts
+            for i, context in enumerate(contexts.tolist()):
+                for m in range(p.shape[1]):
+                    rows.append({"context": context, "prompt_row": self.prompt_rows[context], "prompt": a.prompts[i],
+                                 "a": texts_a[i][m], "b": texts_b[i][m], "preference": float(p[i, m])})
+        return rows
+
+    def state_dict(self) -> dict:
+        return {"rows": [dict(row) for row in self.rows]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rows[:] = [dict(row) for row in state["rows"]]
+
+
+def run_train(config: TrainConfig, solver: Solver | None = None, *, engine=None,
+              progress: bool = True) -> TrainResult:
+    """Train ``config.policy`` with ``solver`` (default: built from ``config.solver`` and its options).
+
+    ``engine`` may pass in a running ``VLLMSampler`` to reuse (its weights are replaced by the policy's at the
+    first round); otherwise one is started when the sampler is vllm. Bad input raises a NashprefError before
+    ``config.out`` is touched.
+    """
+    require_lm_extra("train")
+    config.validate()
+    solver = solver if solver is not None else make_solver(config)
+    check_solver_options(solver, config.tau, config.samples)
+    described = describe_config(config, solver)
+    check_out(config, described)
+    kind = sampler_kind(config)
+
+    from nashpref.lm.data import load_prompts
+    from nashpref.preferences import load_text_oracle
+
+    for model in (config.policy, config.reference):
+        if model is not None:
+            check_model_path(model)                 # cheap checks first, and before vLLM's own errors
+    prompts = load_prompts(config.prompts, config.prompt_column, config.prompt_split, config.max_prompts)
+    train_rows, heldout_rows = split_prompts(prompts, config.heldout, config.seed)
+    ordered = [prompts[i] for i in train_rows + heldout_rows]
+    oracle = load_text_oracle(config.preference, device=config.device, dtype=config.dtype)
+    sampler = None
+    if kind == "vllm":
+        sampler = engine if engine is not None else make_vllm_engine(config)
+        sampler.verify = config.verify_sync
+    torch.manual_seed(config.seed)              # a LoRA adapter's initial weights come from the global RNG
+    policy, reference = load_policies(config, ordered, sampler)
+    probe_oracle(oracle, policy, config.preference, config.seed)
+
+    config.out.mkdir(parents=True, exist_ok=True)
+    write_json(config.out / "config.json", described)
+    return _train(config, solver, policy, reference, oracle, sampler, train_rows, heldout_rows, progress)
+
+
+def _train(config, solver, policy, reference, oracle, sampler, train_rows, heldout_rows, progress) -> TrainResult:
+    out = config.out
+    backend = SingleBackend(config.device)
+    backend.prepare(policy, reference)
+    optimizer = backend.make_optimizer([p for p in policy.parameters() if p.requires_grad], config.lr,
+                                       config.weight_decay)
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    saved = latest_state(out / CHECKPOINTS) if config.resume else None
+    done = saved["iteration"] if saved is not None else 0
+    if done > config.iterations:
+        raise BadInput(f"--iterations {config.iterations}: the run in {out} is already at iteration {done}")
+    rows = [dict(row) for row in saved["hooks"]["rows"]] if saved is not None else []
+    if backend.is_main:
+        write_jsonl(out / "metrics.jsonl", rows)
+        rounds = out / "rounds"
+        rounds.mkdir(exist_ok=True)
+        for stale in rounds.glob("iteration-*.jsonl"):       # from a killed run, past its last checkpoint
+            if int(stale.stem.split("-")[1]) > done:
+                stale.unlink()
+
+    num_train = len(train_rows)
+    evaluator = None
+    if heldout_rows:
+        evaluator = HeldOutEvaluator(policy, reference, oracle, torch.arange(num_train, num_train + len(heldout_rows)),
+                                     config.eval_samples, config.seed + 1)
+    bar = _progress_bar(config.iterations, done, solver.name, progress)
+    hooks = TrainHooks(out, evaluator, sampler, train_rows + heldout_rows, bar, rows, backend.is_main)
+    with bar:
+        state = self_play(solver, policy, reference, oracle, optimizer, num_contexts=num_train,
+                          iterations=config.iterations, samples=config.samples, generator=generator,
+                          tau=config.tau, exact_labels=config.labels == "exact", epochs=config.epochs,
+                          minibatches=config.minibatches, contexts_per_round=config.prompts_per_round,
+                          grad_accumulation=config.grad_accumulation, max_grad_norm=config.max_grad_norm,
+                          backend=backend, hooks=hooks, checkpoints=out / CHECKPOINTS, resume=config.resume)
+    final = save_final(out, policy) if backend.is_main else out / "final"
+    backend.close()
+    return TrainResult(rows=hooks.rows, final=final, iterations=state["iteration"], seconds=state["seconds"])
+
+
+def save_final(out: Path, policy) -> Path:
+    """OUT/final: the policy (LoRA merged) and tokenizer, loadable with AutoModelForCausalLM.from_pretrained."""
+    return publish_directory(out / "final", policy.save_pretrained)
+
+
+def _progress_bar(total: int, done: int, name: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=done, desc=f"train {name}", unit="it", file=sys.stderr,
+                disable=None if enabled else True, leave=False, dynamic_ncols=True)

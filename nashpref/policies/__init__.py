@@ -1,5 +1,0 @@
-"""Policies implementing the one protocol of ``nashpref.solvers.base.Policy``."""
-
-from nashpref.policies.tabular import TabularPolicy
-
-__all__ = ["TabularPolicy"]

@@ -1,0 +1,32 @@
+"""Hedge (multiplicative weights) tuning for the unregularised game (SPPO, DNO).
+
+Self-play multiplicative weights π_{t+1} ∝ π_t exp(η Pπ_t) started at μ has regret R_T ≤ L/η + ηT/8 against
+every pure response (payoffs in [0, 1], Hoeffding's lemma), with L = log(1/min μ). In self-play ⟨π_t, Pπ_t⟩ = ½,
+so the unregularised gap of the average iterate is exactly 2 R_T / T. The step η = √(8L/T) therefore guarantees
+Gap₀(π̄_T) ≤ √(2L/T).
+"""
+
+from __future__ import annotations
+
+import math
+
+from nashpref.core.game import PreferenceGame
+from nashpref.errors import BadInput
+
+
+def hedge_log_range(game: PreferenceGame) -> float:
+    """L = log(1/min μ), the prior-weight term of the Hedge regret bound (log N for uniform μ); at least log 2,
+    so a one-action game still gets a positive horizon."""
+    return max(-math.log(game.mu.min().item()), math.log(2.0))
+
+
+def hedge_horizon(game: PreferenceGame, target_gap: float) -> int:
+    """Smallest T whose Hedge bound √(2L/T) on the average iterate's unregularised gap is ≤ ``target_gap``."""
+    if not 0.0 < target_gap <= 1.0:
+        raise BadInput(f"{game.name}: target_gap must lie in (0, 1], got {target_gap!r}")
+    return math.ceil(2.0 * hedge_log_range(game) / target_gap ** 2)
+
+
+def hedge_step(game: PreferenceGame, horizon: int) -> float:
+    """The step √(8L/T) that minimises the regret bound L/η + ηT/8 over a horizon of T steps."""
+    return math.sqrt(8.0 * hedge_log_range(game) / horizon)
