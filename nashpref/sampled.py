@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Callable, Literal
 import torch
 from torch import Tensor
 
+from nashpref.checks import integer, number
 from nashpref.core.exact import ExactRun, iterate_metrics
 from nashpref.core.game import PreferenceGame
 from nashpref.core.tabular import MatrixOracle, TabularPolicy
@@ -47,22 +47,14 @@ class SampledConfig:
 
 def validate_config(config: SampledConfig) -> None:
     """Raise BadInput (one line, naming the option) when a field is out of range."""
-    def positive_int(name: str, value) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise BadInput(f"sampled config: {name} must be an integer >= 1, got {value!r}")
-
-    if isinstance(config.iterations, bool) or not isinstance(config.iterations, int) or config.iterations < 0:
-        raise BadInput(f"sampled config: iterations must be an integer >= 0, got {config.iterations!r}")
-    for name in ("samples", "epochs", "minibatches"):
-        positive_int(name, getattr(config, name))
-    if config.contexts_per_round is not None:
-        positive_int("contexts_per_round", config.contexts_per_round)
+    integer(config.iterations, "sampled config: iterations", 0)
+    for name in ("samples", "epochs", "minibatches", "contexts_per_round"):
+        integer(getattr(config, name), f"sampled config: {name}", 1, allow_none=name == "contexts_per_round")
     if config.labels not in ("exact", "bernoulli"):
         raise BadInput(f"sampled config: labels must be 'exact' or 'bernoulli', got {config.labels!r}")
     if config.optimizer not in ("sgd", "adam"):
         raise BadInput(f"sampled config: optimizer must be 'sgd' or 'adam', got {config.optimizer!r}")
-    if not isinstance(config.lr, (int, float)) or not math.isfinite(config.lr) or config.lr <= 0:
-        raise BadInput(f"sampled config: lr must be a finite number > 0, got {config.lr!r}")
+    number(config.lr, "sampled config: lr")
 
 
 def recommended_values(solver: Solver, values: dict) -> dict:

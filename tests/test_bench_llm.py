@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from nashpref.benchmarks import llm_setup
-from nashpref.benchmarks.llm import class_game_gap, ideal_candidates, pool_best_response, win_rate
+from nashpref.benchmarks.llm import setup as llm_setup
+from nashpref.benchmarks.llm.run import class_game_gap, ideal_candidates, pool_best_response, win_rate
 from nashpref.benchmarks.stats import mean_ci
 from nashpref.preferences.rule import (STYLES, quality, raters_rule, rule_oracle, style,
                                        well_formed)
@@ -136,7 +136,8 @@ SMALL = llm_setup.BenchSize(llm_setup.SIZES["tiny"].model, pretrain_steps=40, sf
 
 
 def test_bench_llm_end_to_end_and_resume(tmp_path, monkeypatch):
-    from nashpref.benchmarks.llm import LLMBenchConfig, run_bench_llm
+    from nashpref.benchmarks.llm.config import LLMBenchConfig
+    from nashpref.benchmarks.llm.run import run_bench_llm
     from nashpref.cli import main
 
     monkeypatch.setitem(llm_setup.SIZES, "tiny", SMALL)

@@ -1,4 +1,4 @@
-"""`nashpref bench tabular` (nashpref.benchmarks.tabular): a quick race on three small games, checked against
+"""`nashpref bench tabular` (nashpref.benchmarks.tabular.race): a quick race on three small games, checked against
 closed-form equilibria, the exact solver, reach iterations recomputed by hand from the stored curves, and the
 query counts each solver's sampling scheme implies."""
 
@@ -13,7 +13,7 @@ import pytest
 import torch
 import tyro
 
-from nashpref.benchmarks.tabular import TabularBenchConfig, reached_at, run_bench_tabular
+from nashpref.benchmarks.tabular.race import TabularBenchConfig, reached_at, run_bench_tabular
 from nashpref.core.equilibrium import solve_equilibrium
 from nashpref.errors import NashprefError
 from nashpref.core.gamefile import games_dir, load_game

@@ -1,9 +1,9 @@
-"""Pure helpers of scripts/bench_trl.py (the TRL side-by-side benchmark). TRL itself is never imported: CI does not
-install it, and the module's top level imports only the standard library."""
+"""Pure helpers of the TRL side-by-side benchmark (nashpref.benchmarks.trl, run by scripts/bench_trl.py). TRL itself
+is never imported: CI does not install it, and the benchmark's modules import only the standard library at top
+level."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("bench_trl", ROOT / "scripts" / "bench_trl.py")
-bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench)
+from nashpref.benchmarks.trl import plan as bench
+from nashpref.benchmarks.trl.evaluate import speedups
+from nashpref.benchmarks.trl.mixture import valid_positions
 
 
 # ---- confidence intervals ---------------------------------------------------------------------------------------
@@ -135,7 +134,7 @@ def test_median_skips_the_first_iteration():
 def test_speedup_is_trl_time_over_ours():
     timing = {"ours-nash-md-hf": {"median_seconds_per_iteration": 0.1, "wall_seconds": 20.0},
               "trl-nash-md": {"median_seconds_per_iteration": 0.35, "wall_seconds": 10.0}}
-    out = bench.speedups(timing)
+    out = speedups(timing)
     assert out == {"ours-nash-md-hf vs trl-nash-md": {"per_iteration": pytest.approx(3.5), "wall": 0.5}}
 
 
@@ -156,7 +155,7 @@ def test_error_line_reads_rank_prefixed_and_multi_line_errors():
 def test_valid_positions_stop_after_the_first_end_token():
     tokens = torch.tensor([[5, 2, 0, 0], [5, 6, 7, 8], [2, 9, 2, 0]])
     expected = torch.tensor([[True, True, False, False], [True, True, True, True], [True, False, False, False]])
-    assert torch.equal(bench.valid_positions(tokens, [2]), expected)
+    assert torch.equal(valid_positions(tokens, [2]), expected)
 
 
 def test_prompt_and_completion_text_from_trl_rows():

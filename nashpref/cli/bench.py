@@ -7,8 +7,9 @@ from typing import Annotated, Callable, Union
 
 import tyro
 
-from nashpref.benchmarks.llm import LLMBenchConfig, run_bench_llm
-from nashpref.benchmarks.tabular import TabularBenchConfig, run_bench_tabular
+from nashpref.benchmarks.llm.config import LLMBenchConfig
+from nashpref.benchmarks.llm.run import run_bench_llm
+from nashpref.benchmarks.tabular.race import TabularBenchConfig, run_bench_tabular
 from nashpref.cli.train import quiet_library_progress
 
 

@@ -12,13 +12,13 @@ Policies are (C, N) probability tensors; everything here is float64 and works on
 
 from __future__ import annotations
 
-import math
-from functools import cached_property
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import torch
 from torch import Tensor
 
+from nashpref.checks import number
 from nashpref.errors import GameError
 
 DTYPE = torch.float64
@@ -156,8 +156,7 @@ def context_label(where: str, c: int, num_contexts: int) -> str:
 
 
 def validate_tau(tau, where: str) -> None:
-    if not isinstance(tau, (int, float)) or isinstance(tau, bool) or not math.isfinite(tau) or tau < 0:
-        raise GameError(f"{where}: tau must be a finite number >= 0, got {tau!r}")
+    number(tau, f"{where}: tau", low_open=False, error=GameError)
 
 
 def validate_matrix(P: Tensor, where: str) -> None:

@@ -22,6 +22,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
+from nashpref import checks
 from nashpref.errors import GameError
 from nashpref.core.game import PreferenceGame, validate_matrix, validate_reference, validate_tau, as_tensor
 
@@ -277,9 +278,7 @@ def number(x, where: str, key: str) -> float:
 
 
 def integer(x, where: str, key: str, minimum: int) -> int:
-    if not isinstance(x, int) or isinstance(x, bool) or x < minimum:
-        raise GameError(f"{where}: '{key}' must be an integer >= {minimum}, got {x!r}")
-    return x
+    return checks.integer(x, f"{where}: '{key}'", minimum, error=GameError)
 
 
 def string(x, where: str, key: str) -> str:

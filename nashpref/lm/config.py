@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 from typing import Literal
 
+from nashpref.checks import choice, integer, number
 from nashpref.errors import BadInput
 from nashpref.io import jsonable
 from nashpref.solvers import REGISTRY, Solver, option_field
@@ -112,46 +112,26 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise BadInput (one line naming the option) for any option out of range."""
-        def integer(name: str, low: int, allow_none: bool = False) -> None:
-            value = getattr(self, name)
-            if allow_none and value is None:
-                return
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise BadInput(f"--{name.replace('_', '-')} must be an integer >= {low}, got {value!r}")
-
-        def number(name: str, low: float, high: float = math.inf, low_open: bool = True,
-                   allow_none: bool = False) -> None:
-            value = getattr(self, name)
-            if allow_none and value is None:
-                return
-            ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-                  and (value > low if low_open else value >= low) and value <= high)
-            if not ok:
-                interval = f"{'(' if low_open else '['}{low:g}, {high:g}]"
-                raise BadInput(f"--{name.replace('_', '-')} must be a finite number in {interval}, got {value!r}")
+        def flag(name: str) -> str:
+            return "--" + name.replace("_", "-")
 
         for name in ("iterations", "samples", "epochs", "minibatches", "grad_accumulation", "max_new_tokens",
                      "eval_samples", "tensor_parallel_size"):
-            integer(name, 1)
+            integer(getattr(self, name), flag(name), 1)
         for name in ("heldout", "top_k", "lora_rank"):
-            integer(name, 0)
-        integer("prompts_per_round", 1, allow_none=True)
-        integer("max_prompts", 1, allow_none=True)
-        integer("max_model_len", 1, allow_none=True)
-        number("lr", 0.0)
-        number("weight_decay", 0.0, low_open=False)
-        number("tau", 0.0, low_open=False)
-        number("temperature", 0.0, low_open=False)
-        number("top_p", 0.0, 1.0)
-        number("gpu_memory_utilization", 0.0, 1.0)
-        number("max_grad_norm", 0.0, allow_none=True)
-        number("sync_tolerance", 0.0, allow_none=True)
-        number("lora_alpha", 0.0, allow_none=True)
-        choices = {"sampler": ("auto", "vllm", "hf"), "labels": ("exact", "bernoulli"),
-                   "dtype": ("auto", "float32", "bfloat16", "float16")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise BadInput(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+            integer(getattr(self, name), flag(name), 0)
+        for name in ("prompts_per_round", "max_prompts", "max_model_len"):
+            integer(getattr(self, name), flag(name), 1, allow_none=True)
+        number(self.lr, "--lr")
+        for name in ("weight_decay", "tau", "temperature"):
+            number(getattr(self, name), flag(name), low_open=False)
+        for name in ("top_p", "gpu_memory_utilization"):
+            number(getattr(self, name), flag(name), 0.0, 1.0)
+        for name in ("max_grad_norm", "sync_tolerance", "lora_alpha"):
+            number(getattr(self, name), flag(name), allow_none=True)
+        for name, allowed in {"sampler": ("auto", "vllm", "hf"), "labels": ("exact", "bernoulli"),
+                              "dtype": ("auto", "float32", "bfloat16", "float16")}.items():
+            choice(getattr(self, name), flag(name), allowed)
 
 
 def make_solver(config: TrainConfig) -> Solver:
@@ -162,11 +142,11 @@ def make_solver(config: TrainConfig) -> Solver:
     options = getattr(config, option_field(config.solver), None)
     if options is not None and not isinstance(options, cls.Config):
         raise BadInput(f"--solver {config.solver}: options must be a {cls.__name__}.Config, "
-                        f"got {type(options).__name__}")
+                       f"got {type(options).__name__}")
     solver = cls(options)
     if cls.needs_tau and not config.tau > 0:
         raise BadInput(f"--solver {config.solver} needs --tau > 0 (it solves the KL-regularised game), "
-                        f"got {config.tau}")
+                       f"got {config.tau}")
     return solver
 
 

@@ -25,7 +25,7 @@ def load_prompts(spec: str, column: str = "prompt", split: str = "train", limit:
             column = "messages"
         else:
             raise BadInput(f"{spec}: no column {column!r} (columns: {', '.join(ds.column_names)}); "
-                            "pass --prompt-column")
+                           "pass --prompt-column")
     rows = ds[column] if limit is None else ds[column][:limit]
     prompts = [_check_prompt(row, spec, i, column) for i, row in enumerate(rows)]
     if not prompts:
@@ -47,7 +47,7 @@ def load_table(spec: str, split: str = "train", what: str = "prompts"):
             return datasets.load_dataset(LOCAL_FORMATS[suffix], data_files=str(path), split="train")
         if path.exists():
             raise BadInput(f"{spec}: unsupported {what} file type {suffix or '(none)'}; "
-                            f"use one of {', '.join(LOCAL_FORMATS)}")
+                           f"use one of {', '.join(LOCAL_FORMATS)}")
         if os.environ.get("HF_HUB_OFFLINE") == "1" and not _looks_like_hub_id(spec):
             raise MissingResource(f"{spec}: no such {what} file")
         return datasets.load_dataset(spec, split=split)
@@ -70,4 +70,4 @@ def _check_prompt(row, spec: str, i: int, column: str) -> Prompt:
     if isinstance(row, list) and row and all(isinstance(m, dict) and "role" in m and "content" in m for m in row):
         return [{"role": str(m["role"]), "content": str(m["content"])} for m in row]
     raise BadInput(f"{spec}: row {i}: column {column!r} must hold text or a list of chat messages "
-                    "with 'role' and 'content'")
+                   "with 'role' and 'content'")

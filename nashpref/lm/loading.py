@@ -18,7 +18,7 @@ def require_lm_extra(command: str) -> None:
     missing = [name for name in LM_EXTRA if importlib.util.find_spec(name) is None]
     if missing:
         raise MissingResource(f"{command} needs the language-model extra ({', '.join(missing)} missing): "
-                        "pip install -e '.[lm]'")
+                              "pip install -e '.[lm]'")
 
 
 def default_dtype(device: torch.device) -> torch.dtype:

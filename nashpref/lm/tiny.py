@@ -42,22 +42,17 @@ PROMPTS = ("describe the {adj} {noun}", "tell me about a {noun}", "what is the {
 
 @dataclass(frozen=True)
 class TinySizes:
-    """Architecture of both tiny models."""
+    """Architecture of both tiny models. The head dimension hidden / heads must be one that vLLM's CPU attention
+    supports (32, 64, 80, …); kv_heads < heads is grouped-query attention; vocab is the BPE tokenizer's target size
+    (256 byte symbols + special tokens + merges)."""
 
     hidden: int = 64
-    """Hidden size."""
     layers: int = 2
-    """Number of transformer layers."""
     heads: int = 2
-    """Attention heads; head dim = hidden / heads must be one that vLLM's CPU attention supports (32, 64, 80, …)."""
     kv_heads: int = 1
-    """Key/value heads (grouped-query attention when < heads)."""
-    intermediate: int = 128
-    """MLP inner size."""
+    intermediate: int = 128         # MLP inner size
     vocab: int = 512
-    """Target vocabulary size of the BPE tokenizer (256 byte symbols + special tokens + merges)."""
-    max_positions: int = 256
-    """Maximum sequence length."""
+    max_positions: int = 256        # longest sequence
 
 
 def reward_score(response: str) -> float:

@@ -18,6 +18,9 @@ from typing import ClassVar, Sequence
 import torch
 from torch import Tensor
 
+from nashpref.errors import BadInput
+from nashpref.lm.loading import load_sequence_classifier
+
 
 Prompt = str | list[dict]
 
@@ -84,6 +87,29 @@ def classifier_logits(model, tokenizer, texts: list[str], batch_size: int, chat:
                         add_special_tokens=not chat).to(device)
         out.append(model(**enc).logits.float().cpu())
     return torch.cat(out) if out else torch.zeros((0, model.config.num_labels))
+
+
+class ClassifierOracle(TextOracle):
+    """A text oracle read off a sequence classifier (reward and pairwise models): the model, its tokenizer and a
+    check of its number of labels."""
+
+    what: ClassVar[str]
+    """What the model is, in messages: "reward model", "pairwise model"."""
+    labels: ClassVar[tuple[int, ...]]
+    """The numbers of labels the oracle can read."""
+
+    def __init__(self, model, tokenizer, batch_size: int = 16, where: str | None = None):
+        if model.config.num_labels not in self.labels:
+            allowed = "= 1" if self.labels == (1,) else " or ".join(map(str, self.labels))
+            raise BadInput(f"{where or self.what}: a {self.what} needs num_labels {allowed}, "
+                           f"got {model.config.num_labels}")
+        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+
+    @classmethod
+    def from_pretrained(cls, path: str, *, device: str | None = None, dtype: str = "auto",
+                        batch_size: int = 16) -> "ClassifierOracle":
+        model, tokenizer = load_sequence_classifier(path, device=device, dtype=dtype, what=cls.what)
+        return cls(model, tokenizer, batch_size, where=path)
 
 
 REGISTRY: dict[str, type[TextOracle]] = {}

@@ -18,7 +18,6 @@ training has finished; bad input raises a one-line BadInput before anything is w
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from nashpref.checks import integer, number
 from nashpref.errors import BadInput
 from nashpref.io import check_output_dir, jsonable, staged_output, write_json, write_jsonl
 
@@ -115,14 +115,9 @@ def validate_config(config: FitPreferenceConfig) -> None:
 
     require_lm_extra("fit-preference")
     for name in ("epochs", "batch_size", "max_length"):
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise BadInput(f"--{name.replace('_', '-')} must be an integer >= 1, got {value!r}")
-    if not (isinstance(config.lr, (int, float)) and math.isfinite(config.lr) and config.lr > 0):
-        raise BadInput(f"--lr must be a finite number > 0, got {config.lr!r}")
-    if not (isinstance(config.weight_decay, (int, float)) and math.isfinite(config.weight_decay)
-            and config.weight_decay >= 0):
-        raise BadInput(f"--weight-decay must be a finite number >= 0, got {config.weight_decay!r}")
+        integer(getattr(config, name), "--" + name.replace("_", "-"))
+    number(config.lr, "--lr")
+    number(config.weight_decay, "--weight-decay", low_open=False)
     if not (isinstance(config.validation, (int, float)) and 0 <= config.validation < 1):
         raise BadInput(f"--validation must be in [0, 1), got {config.validation!r}")
 
@@ -137,7 +132,7 @@ def load_preference_rows(spec: str, prompt_column: str = "prompt", a_column: str
     for role, column in columns.items():
         if column not in ds.column_names:
             raise BadInput(f"{spec}: no column {column!r} (columns: {', '.join(ds.column_names)}); pass "
-                            f"--{role}-column")
+                           f"--{role}-column")
     if len(ds) == 0:
         raise BadInput(f"{spec}: no rows")
     prompts, a, b, labels = (ds[c] for c in (prompt_column, a_column, b_column, label_column))
@@ -151,7 +146,7 @@ def load_preference_rows(spec: str, prompt_column: str = "prompt", a_column: str
             continue
         if not isinstance(label, (int, float)) or not (0.0 <= label <= 1.0):
             raise BadInput(f"{spec}: row {i}: {label_column!r} must be a probability in [0, 1] or a 0/1 label, "
-                            f"got {label!r}")
+                           f"got {label!r}")
     return PreferenceRows(list(prompts), list(a), list(b), torch.tensor([float(v) for v in labels],
                                                                         dtype=torch.float64))
 
@@ -174,7 +169,7 @@ def load_base(config: FitPreferenceConfig):
                 dtype=default_dtype(device) if config.dtype == "auto" else parse_dtype(config.dtype))
         except (OSError, ValueError) as exc:
             raise BadInput(f"--base {config.base}: cannot load a sequence classifier: "
-                            f"{str(exc).splitlines()[0]}") from None
+                           f"{str(exc).splitlines()[0]}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id

@@ -17,10 +17,9 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from nashpref.errors import BadInput
-from nashpref.lm.loading import load_sequence_classifier
-from nashpref.preferences.base import (Prompt, TextOracle, check_lengths, classifier_logits, prompt_text,
+from nashpref.preferences.base import (ClassifierOracle, Prompt, check_lengths, classifier_logits, prompt_text,
                                        register)
+
 
 PAIR_TEMPLATE = "{prompt}\n\n[Response A]\n{a}\n\n[Response B]\n{b}"
 
@@ -34,21 +33,12 @@ def format_pair(tokenizer, prompt: Prompt, a: str, b: str) -> str:
 
 
 @register
-class PairwiseOracle(TextOracle):
+class PairwiseOracle(ClassifierOracle):
     """σ((s(x, a, b) − s(x, b, a)) / 2) from a sequence classifier on the pair."""
 
     prefix = "pairwise"
-
-    def __init__(self, model, tokenizer, batch_size: int = 16, where: str = "pairwise model"):
-        if model.config.num_labels not in (1, 2):
-            raise BadInput(f"{where}: a pairwise model needs num_labels 1 or 2, got {model.config.num_labels}")
-        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
-
-    @classmethod
-    def from_pretrained(cls, path: str, *, device: str | None = None, dtype: str = "auto",
-                        batch_size: int = 16) -> "PairwiseOracle":
-        model, tokenizer = load_sequence_classifier(path, device=device, dtype=dtype, what="pairwise model")
-        return cls(model, tokenizer, batch_size, where=path)
+    what = "pairwise model"
+    labels = (1, 2)
 
     def scores(self, prompts: Sequence[Prompt], a: Sequence[str], b: Sequence[str]) -> Tensor:
         """(n,) s(x, a, b): log-odds that the response shown as A wins."""

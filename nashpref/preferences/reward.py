@@ -13,9 +13,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from nashpref.errors import BadInput
-from nashpref.lm.loading import load_sequence_classifier
-from nashpref.preferences.base import (Prompt, TextOracle, chat_messages, check_lengths, classifier_logits,
+from nashpref.preferences.base import (ClassifierOracle, Prompt, chat_messages, check_lengths, classifier_logits,
                                        prompt_text, register)
 
 
@@ -28,21 +26,12 @@ def format_conversation(tokenizer, prompt: Prompt, response: str) -> str:
 
 
 @register
-class RewardOracle(TextOracle):
+class RewardOracle(ClassifierOracle):
     """σ(r(x, a) − r(x, b)) with r the single logit of a sequence classifier."""
 
     prefix = "reward"
-
-    def __init__(self, model, tokenizer, batch_size: int = 16, where: str = "reward model"):
-        if model.config.num_labels != 1:
-            raise BadInput(f"{where}: a reward model needs num_labels = 1, got {model.config.num_labels}")
-        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
-
-    @classmethod
-    def from_pretrained(cls, path: str, *, device: str | None = None, dtype: str = "auto",
-                        batch_size: int = 16) -> "RewardOracle":
-        model, tokenizer = load_sequence_classifier(path, device=device, dtype=dtype, what="reward model")
-        return cls(model, tokenizer, batch_size, where=path)
+    what = "reward model"
+    labels = (1,)
 
     def rewards(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> Tensor:
         """(n,) float32 rewards r(x, y)."""

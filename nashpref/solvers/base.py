@@ -88,11 +88,12 @@ class SolverConfig:
 class Solver(ABC):
     name: ClassVar[str]
     Config: ClassVar[type[SolverConfig]]
+    # A solver declares these only where it differs from the defaults.
     iterate: ClassVar[Iterate] = "last"     # which iterate carries the convergence guarantee
     needs_tau: ClassVar[bool] = True        # False for solvers of the unregularised game (SPPO, DNO)
     extragradient: ClassVar[bool] = False   # the loop runs the half-step / restore dance when True
     # Tuned settings for sampled training of a tabular policy (`nashpref solve --mode sampled --recommended`):
-    # SampledConfig fields, and this solver's own Config fields. Each solver module says what they reach.
+    # SampledConfig fields, and this solver's own Config fields. What they reach: bench/solvers.md.
     sampled_defaults: ClassVar[dict] = {}
     sampled_options: ClassVar[dict] = {}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+from nashpref.checks import number
 from nashpref.core.game import PreferenceGame
 from nashpref.errors import BadInput, GameError
 
@@ -21,12 +22,7 @@ def check_number(value, field: str, solver: str, *, low: float = 0.0, high: floa
                  low_open: bool = True) -> float:
     """``value`` as a float, or BadInput unless it is finite and lies in (low, high] ([low, high] if not
     ``low_open``)."""
-    ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-          and (value > low if low_open else value >= low) and value <= high)
-    if not ok:
-        interval = f"{'(' if low_open else '['}{low:g}, {high:g}]"
-        raise BadInput(f"{solver}: {field} must be a finite number in {interval}, got {value!r}")
-    return float(value)
+    return number(value, f"{solver}: {field}", low, high, low_open=low_open)
 
 
 def round_tau(round, solver: str) -> float:

@@ -1,45 +1,13 @@
 """DNO: Direct Nash Optimization (Rosset, Cheng, Mitra, Santacroce, Awadallah, Xie; arXiv 2404.03715).
 
-**Exact dynamics** (the paper's Algorithm 1 in the tabular limit). Batched on-policy soft policy iteration on the
-*unregularised* game, started at μ:
+Exact dynamics: batched on-policy soft policy iteration on the unregularised game, π_{t+1} ∝ π_t exp(r_t/η) with
+r_t(y) = P(y ≻ π_t): SPPO's multiplicative-weights step with step 1/η, so the average iterate carries the same
+Hedge guarantee (``nashpref.solvers.hedge``). Sampled training: the two-sided soft-label logistic loss on every
+pair of the round's samples (``variant="soft"``, Algorithm 1), or DNO-Prct's best-against-worst DPO with a margin
+filter (``variant="prct"``, Algorithm 2). The coverage options work as for SPPO.
 
-    r_t(y) = P(y ≻ π_t),    π_{t+1}(y) ∝ π_t(y) exp(r_t(y)/η).
-
-η is the paper's inverse step (a KL-to-π_t weight). This is SPPO's multiplicative-weights step with step 1/η, so
-the same guarantee holds. It is on the **average iterate**: the unregularised gap of π̄_T is
-≤ √(2L/T) = O(1/√T) for η = √(T/(8L)), L = log(1/min μ) (Hedge regret bound, see ``nashpref.solvers.hedge``). The paper claims
-average-iterate convergence to the Nash equilibrium. τ is ignored (needs_tau False). The last iterate cycles.
-
-**Sampled training.** K responses from π_t. Their win-rates against the K samples, self term ½ included, estimate
-r_t. Two variants:
-
-* ``soft`` (Algorithm 1, §7.1): the two-sided soft-label logistic loss on every pair (y₁, y₂) of the K samples,
-
-      −[σ(r₁−r₂) log σ(η(ℓ₁−ℓ₂)) + σ(r₂−r₁) log σ(η(ℓ₂−ℓ₁))],   ℓ = log π_θ(y)/π_t(y).
-
-  Its population minimiser is exactly π_t exp(r_t/η)/Z: the normaliser cancels in the pairwise difference.
-* ``prct`` (DNO-Prct, Algorithm 2, §7.2): the best vs the worst of K by win-rate. A pair is kept only if the
-  win-rates differ by at least ``margin``. It is trained with the DPO loss −log σ(η(ℓ_w − ℓ_l)) against π_t.
-  The paper's teacher ("gold") outputs are not modelled.
-
-On tabular policies (tests/test_dno.py), with Adam and one step per round, η only rescales the gradient, so the
-sampled default η = 1 is neutral. Soft variant, K = 8, Adam lr 1e-3, 6000 rounds:
-* weighted-rps: Gap₀(π̄) = 0.010–0.018 over 5 seeds.
-* egpo-random: 0.57 in the worst context. This is the same on-policy limit as SPPO: actions that are no longer
-  sampled cannot recover.
-* DNO-Prct on weighted-rps, same settings: 0.018–0.020 over 3 seeds.
-
-**Coverage fix (recommended for tabular runs: ``DNO.sampled_defaults`` and ``DNO.sampled_options``).** The soft
-loss's minimiser does not depend on which distribution the pairs come from, and the normaliser cancels in each
-pair. ``reference_samples`` adds responses drawn from μ, scored against the K on-policy opponents, so rare
-actions keep getting pairs. ``distinct`` drops repeated actions and divides a context's loss by its number of
-distinct actions. The loss is then ≈ η²/4 times a quadratic in the logits, so SGD with lr 4/η² is about one
-Newton step (the logistic loss is not quadratic, so two epochs). Coverage must be near-complete: the pairwise
-loss cannot move covered against uncovered mass. With η = 2 (step ½), K = 8, 1024 μ-samples, SGD lr 1, seed 0:
-* egpo-random, 2 epochs: worst / mean context 0.016 / 0.011 after 2000 rounds (1 epoch: 0.024 / 0.013; exact
-  MW at step ½, worst context: 0.013).
-* weighted-rps: 0.015 after 1000 rounds with 1 epoch, 0.006 after 2000 with 2 (the recommended settings).
-* EGPO random games with 3 contexts (tests/test_dno.py), 2000 rounds, 2 epochs, 6 seeds: 0.009–0.020.
+The update, the losses, the sampling scheme, the options and the sources: docs/algorithms.md#dno. What it reaches on
+tabular games: bench/solvers.md.
 """
 
 from __future__ import annotations
@@ -53,10 +21,10 @@ from torch import Tensor
 
 from nashpref.core.game import PreferenceGame
 from nashpref.errors import BadInput
-from nashpref.solvers.base import Batch, Policy, Round, Solver, SolverConfig, register, take
+from nashpref.solvers.base import Batch, Policy, Round, SolverConfig, register, take
 from nashpref.solvers.checks import check_number, require_samples
 from nashpref.solvers.coverage import compact, distinct_weights
-from nashpref.solvers.hedge import hedge_horizon, hedge_step
+from nashpref.solvers.hedge import HedgeSolver
 from nashpref.solvers.losses import dpo_loss
 from nashpref.solvers.win_rates import preference_matrix, reference_entries
 
@@ -108,23 +76,17 @@ class Config(SolverConfig):
 
 
 @register
-class DNO(Solver):
+class DNO(HedgeSolver):
     name = "dno"
     Config = Config
-    iterate = "average"
-    needs_tau = False
-    # Recommended tabular sampled training (see the module docstring): SampledConfig fields, and the solver
-    # options that go with them. SGD lr 4/η² is about one Newton step on a round's pairwise loss.
+    sampled_options: ClassVar[dict] = {"eta": 2.0, "reference_samples": 1024, "distinct": True}
+    # SGD lr 4/η² is about one Newton step on a round's pairwise loss
     sampled_defaults: ClassVar[dict] = {"lr": 1.0, "optimizer": "sgd", "samples": 8, "iterations": 2000,
                                         "epochs": 2}
-    sampled_options: ClassVar[dict] = {"eta": 2.0, "reference_samples": 1024, "distinct": True}
-
-    def default_iterations(self, game: PreferenceGame) -> int:
-        return hedge_horizon(game, self.config.target_gap)
 
     def inverse_step(self, game: PreferenceGame) -> float:
         if self.config.eta is None:
-            return 1.0 / hedge_step(game, self.default_iterations(game))
+            return 1.0 / self.hedge_step(game)
         return check_number(self.config.eta, "eta", self.name)
 
     def step(self, game: PreferenceGame, log_pi: Tensor, t: int) -> Tensor:

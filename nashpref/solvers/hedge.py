@@ -12,6 +12,7 @@ import math
 
 from nashpref.core.game import PreferenceGame
 from nashpref.errors import BadInput
+from nashpref.solvers.base import Solver
 
 
 def hedge_log_range(game: PreferenceGame) -> float:
@@ -30,3 +31,19 @@ def hedge_horizon(game: PreferenceGame, target_gap: float) -> int:
 def hedge_step(game: PreferenceGame, horizon: int) -> float:
     """The step √(8L/T) that minimises the regret bound L/η + ηT/8 over a horizon of T steps."""
     return math.sqrt(8.0 * hedge_log_range(game) / horizon)
+
+
+class HedgeSolver(Solver):
+    """Base of the multiplicative-weights solvers of the unregularised game (SPPO, DNO): τ is ignored, the average
+    iterate carries the guarantee, and the default horizon and step come from the Hedge bound for the Config's
+    ``target_gap``."""
+
+    iterate = "average"
+    needs_tau = False
+
+    def default_iterations(self, game: PreferenceGame) -> int:
+        return hedge_horizon(game, self.config.target_gap)
+
+    def hedge_step(self, game: PreferenceGame) -> float:
+        """The step √(8L/T) for the default horizon T."""
+        return hedge_step(game, self.default_iterations(game))

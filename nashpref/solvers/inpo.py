@@ -1,40 +1,13 @@
 """INPO: Iterative Nash Policy Optimization (Zhang, Yu, Peng, Song, Tian, Huo, Jiang, Mi, Yu; arXiv 2407.00617,
 ICLR 2025).
 
-**Exact dynamics.** Online mirror descent of each player against itself on the KL-regularised game, started at μ:
+Exact dynamics: online mirror descent of each player against itself on the KL-regularised game,
+π_{t+1} ∝ π_t^(1−ητ) μ^(ητ) exp(η P(y ≻ π_t)); the default step τ/(τ² + ¼) is derived so that the last iterate
+converges locally and linearly for every τ > 0. Sampled training: a squared loss on every pair of the round's K
+samples whose minimiser, with exact expectations, is exactly that mirror step.
 
-    π_{t+1}(y) ∝ π_t(y)^(1−ητ) μ(y)^(ητ) exp(η P(y ≻ π_t)).
-
-It converges to the **regularised** equilibrium π*_τ; the **last iterate** is reported.
-
-*Proven* (the paper, recalled and not checked against the PDF): INPO is no-regret, so the average iterate
-converges to π*_τ. The ICLR version also claims last-iterate convergence.
-
-*Derived here, which fixes the default step.* Write A = P − ½ (skew) and D = diag π* − π*π*ᵀ. In log space,
-modulo constant shifts, the map's Jacobian at π* is (1−ητ)I + ηAD. Its eigenvalues are (1−ητ) ± iηω, where the
-ω are real eigenvalues of the skew matrix D^½AD^½, and |ω| ≤ ½. So the last iterate converges locally and linearly when
-η < 2τ/(τ² + ω²). The default η = τ/(τ² + ¼) guarantees |λ|² ≤ 1 − ητ, so the gap shrinks like (1 − ητ)^t.
-The constant step 1/(τ+1) breaks this condition for small τ. On egpo-random at τ = 0.01 it is still at gap
-0.82 after 3000 steps.
-
-*Observed* (tests/test_inpo.py). With the default, the last iterate reaches gap ≤ 1e-12 within 600 steps at
-τ = 0.1. At τ = 0.01 it reaches ≤ 1e-9 within 33 000 steps and machine precision within the default budget.
-ητ = τ²/(τ² + ¼), so the iteration count grows like 1/τ². The default budget, 23/(ητ) steps, is capped at 200 000.
-That cap is too small from τ ≈ 0.005 downwards: use egpo there.
-
-**Sampled training** (§5.2). Pairs y, y' ~ π_t. With h_t = Δ_θ − ητ·Δ_μ − (1−ητ)·Δ_t, where Δ_m is the log-ratio
-log m(y) − log m(y'), the loss is
-
-    P·(h_t(y, y') − η/2)² + (1 − P)·(h_t(y', y) − η/2)².
-
-P is the exact preference (soft labels), or a Bernoulli label in {0, 1}, which gives the hard-label loss
-(h_t(y_w, y_l) − η/2)². Its minimiser over all policies, with exact expectations, is exactly the mirror step
-above (tests/test_inpo.py). Every pair of the round's K samples is used.
-
-On tabular policies (K = 8, Adam lr 0.02, one step per round, 1000 rounds at τ = 0.1), the last iterate reaches
-gap ≤ 0.012 on weighted-rps and ≤ 0.016 on egpo-random over 5 seeds. With Bernoulli labels (lr 0.005, 2000
-rounds) it reaches ≤ 0.0023 and ≤ 0.0077. With Adam, η only rescales the first-step gradient. The gradient's
-stationary point does not depend on η: P(y ≻ π) − ½ = τ(log π/μ − E_π log π/μ), i.e. π*_τ.
+The update, the loss, the sampling scheme, the options and the sources: docs/algorithms.md#inpo. What it reaches on
+tabular games: bench/solvers.md.
 """
 
 from __future__ import annotations
@@ -79,9 +52,7 @@ class Config(SolverConfig):
 class INPO(Solver):
     name = "inpo"
     Config = Config
-    iterate = "last"
-    needs_tau = True
-    # module docstring: gap ≤ 0.012 on weighted-rps and ≤ 0.016 on egpo-random (τ = 0.1), 5 seeds
+    # Adam: η only rescales the gradient of the first step, and the loss's stationary point is π*_τ for every η
     sampled_defaults = {"lr": 0.02, "optimizer": "adam", "samples": 8, "iterations": 1000}
 
     def step_size(self, tau: float) -> float:
@@ -91,7 +62,7 @@ class INPO(Solver):
         eta = check_number(self.config.eta, "eta", self.name)
         if eta * tau > 1:
             raise BadInput(f"{self.name}: needs eta·tau ≤ 1 (the step's weight on π_t is 1 − ητ), got "
-                            f"eta={eta!r}, tau={tau!r}")
+                           f"eta={eta!r}, tau={tau!r}")
         return eta
 
     def default_iterations(self, game: PreferenceGame) -> int:

@@ -2,33 +2,12 @@
 2312.11456). It targets a **Gibbs policy of a Bradley-Terry reward, not the Nash equilibrium** of the preference
 game.
 
-**Exact dynamics.** Each round fits Bradley-Terry scores s_t to the preference by maximum likelihood on on-policy
-pairs: weights π_t(y)π_t(y'), plus a tiny ridge so that deterministic preferences keep finite scores. The fit is
-damped Newton, batched over contexts. Then the KL-regularised reward maximiser is taken:
+Exact dynamics: each round fits Bradley-Terry scores to the preference by maximum likelihood on on-policy pairs and
+takes the KL-regularised reward maximiser, anchored to μ (``reference="initial"``) or to π_t (``"previous"``).
+Sampled training: best against worst of K samples (ties dropped), trained with the conservative DPO loss at β = τ.
 
-* ``reference="initial"`` (default; Xiong et al.'s online iterative RLHF): π_{t+1} = Gibbs(μ, s_t/τ). A fixed
-  point is a Gibbs policy π = Gibbs(μ, ŝ(π)/τ).
-  - On a Bradley-Terry game, ŝ = scale·r for every π, and the first step lands on Gibbs(μ, scale·r/τ).
-  - On linear-reward, the dynamics converge within a few rounds to their own fixed point, which is not the NE.
-  - On an intransitive game, no BT reward explains P, and the fixed point is not the Nash equilibrium.
-    Observed at τ ≤ 0.1: the iterates keep jumping between near-pure policies (consecutive L1 distance ≈ 2) and
-    never settle. The gap stays ≥ 0.2.
-  - On a symmetric cycle with uniform μ, the scores tie and Gibbs(μ, 0) is the uniform NE. There, one round
-    lands on it. The fixed point is unstable for τ < 2√3/9 ≈ 0.385, though. With P = ½ + cC, where C is the
-    3-cycle, a perturbation ε maps to (4c/(3τ))·Cε: a gain of 4c/(√3 τ), which is 3.85 at c = 1/6, τ = 0.1.
-* ``reference="previous"`` (the RLHF-Workflow recipe, whose DPO reference is the start-of-round model):
-  π_{t+1} = Gibbs(π_t, s_t/τ), so log π_T = log μ + Σ_t s_t/τ. The iterates drift to the argmax of the scores:
-  a pure policy, with no KL anchor to μ.
-
-The **last iterate** is reported.
-
-**Sampled training** (§8.4). Draw K samples from π_t and score each by its mean preference against the other
-samples; for a BT oracle this ranks like the BT score. Take the best against the worst, dropping ties, and train
-with the conservative DPO loss
-
-    −(1−ε) log σ(τ·m) − ε log σ(−τ·m),   m = log π_θ(y_w)/ref(y_w) − log π_θ(y_l)/ref(y_l),
-
-where ref is μ (initial) or π_t (previous), β = τ and ε is the label smoothing (RLHFlow: 0.1).
+The update, the loss, the sampling scheme, the options and the sources: docs/algorithms.md#iterative-dpo. What it
+does on tabular games: bench/solvers.md.
 """
 
 from __future__ import annotations
@@ -65,11 +44,9 @@ def fit_bradley_terry(P: Tensor, weights: Tensor, ridge: float, tol: float = 1e-
     values are compared: they cannot resolve the scores of actions whose weights are ~1e-9 or less. The Newton
     system is Jacobi-scaled because the weights can span hundreds of orders of magnitude.
 
-    Newton starts from s_i = Σ_j w_j logit P_ij, exact (up to a constant) on a Bradley-Terry game. On a random
-    N = 64 game, a chunk of 32 contexts then needs ~12 steps instead of ~19 from zero (a context alone, ~7).
-    Every shipped game, at τ ∈ {0.1, 0.01} and with both references, needs ≤ 37 steps; the most go to
-    deterministic preferences, whose scores climb to ≈ log(1/ridge). Contexts are fitted CHUNK at a time, so that
-    the (chunk, N, N) temporaries stay in cache: that is several times faster than sweeping all contexts per step.
+    Newton starts from s_i = Σ_j w_j logit P_ij, exact (up to a constant) on a Bradley-Terry game, which saves
+    steps (bench/solvers.md counts them); deterministic preferences take the most, as their scores climb to
+    ≈ log(1/ridge). Contexts are fitted CHUNK at a time, so that the (chunk, N, N) temporaries stay in cache.
     """
     w = weights.clamp(min=TINY_WEIGHT)
     scores = torch.empty_like(w)
@@ -81,8 +58,7 @@ def fit_bradley_terry(P: Tensor, weights: Tensor, ridge: float, tol: float = 1e-
 
 def _newton(P: Tensor, w: Tensor, ridge: float, tol: float, max_steps: int) -> Tensor:
     """Damped Newton for ``fit_bradley_terry`` on one chunk of contexts; w is already floored. Each context stops
-    when its own step has converged: on a random N = 64 game, after ~7 steps on average, where the slowest
-    context of a chunk of 32 takes ~12."""
+    when its own step has converged, not when the chunk's slowest has."""
     # both laid out so that every product below reads σ(s_i − s_j) in order, never transposed
     P_t_w = (P.transpose(-1, -2) * w.unsqueeze(-2)).contiguous()       # [i, j] = w_j P_ji
     P_w_t = (P * w.unsqueeze(-2)).transpose(-1, -2).contiguous()       # [j, i] = w_j P_ij
@@ -123,7 +99,7 @@ def _newton(P: Tensor, w: Tensor, ridge: float, tol: float, max_steps: int) -> T
 
 
 def _solve_positive_definite(matrix: Tensor, rhs: Tensor) -> Tensor:
-    """x with matrix·x = rhs, batched: Cholesky (~25% faster than LU here); LU where rounding breaks it."""
+    """x with matrix·x = rhs, batched: Cholesky (faster than LU here); LU where rounding breaks it."""
     factor, info = torch.linalg.cholesky_ex(matrix)
     if bool(info.any()):
         return torch.linalg.solve(matrix, rhs.unsqueeze(-1)).squeeze(-1)
@@ -147,8 +123,6 @@ class Config(SolverConfig):
 class IterativeDPO(Solver):
     name = "iterative-dpo"
     Config = Config
-    iterate = "last"
-    needs_tau = True
 
     def default_iterations(self, game: PreferenceGame) -> int:
         return DEFAULT_ITERATIONS

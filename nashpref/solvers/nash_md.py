@@ -1,31 +1,13 @@
-"""Nash-MD and Nash-MD-PG (Munos, Valko, Calandriello, Azar, Rowland, Guo, Tang, Geist, Mesnard, Fiegel, Michi,
-Selvi, Girgin, Momchev, Bachem, Mankowitz, Precup, Piot; *Nash Learning from Human Feedback*, arXiv 2312.00886,
-ICML 2024).
+"""Nash-MD and Nash-MD-PG (Munos et al., *Nash Learning from Human Feedback*, arXiv 2312.00886, ICML 2024), and
+IPO-MD (Calandriello et al., arXiv 2403.08635).
 
-**Exact dynamics.** Mirror descent against the geometric mixture of the current policy and μ:
+Exact dynamics: mirror descent against the geometric mixture π_t^(1−η_t τ) μ^(η_t τ), whose last iterate reaches
+the regularised equilibrium with the decaying step η_t = 2/(τ(t+2)). Sampled training: the Nash-MD-PG
+policy-gradient loss (``loss="pg"``, y ~ π_t against y′ from the mixture π_t^(1−β) μ^β) or the IPO loss on pairs
+from the mixture (``loss="ipo"``).
 
-    π_t^μ ∝ π_t^(1−η_t τ) μ^(η_t τ),        π_{t+1} ∝ π_t^μ exp(η_t P(y ≻ π_t^μ)).
-
-The default step is η_t = 2/(τ(t+2)). The **last iterate** converges to the regularised equilibrium π*, with
-KL(π*‖π_{t+1}) ≤ (1 − η_t τ) KL(π*‖π_t) + 2η_t², hence KL(π*‖π_T) ≤ 8/(τ²(T+1)) (paper, Theorem 1, as
-recalled). tests/test_nash_md.py checks both at every step. In practice the bound is loose: after 2000 steps
-the KL is 1e-3 of it at τ = 0.1. The default budget of max(1000, 5/τ²) steps (capped at 50 000) gives
-gap ≈ 1e-7 at τ = 0.1. A constant η only reaches an O(η/τ) neighbourhood of π*.
-
-**Sampled training.**
-
-* ``loss="pg"`` (Nash-MD-PG, §3.2 of the paper): draw y ~ π_t and y' ~ π_t^(1−β) μ^β (β = ``mixture``), then
-  minimise −[P(y ≻ y') − ½ − τ·sg(log π_θ(y)/μ(y))]·log π_θ(y). This is policy-gradient ascent on
-  P(π_θ ≻ π^β) − τ KL(π_θ‖μ); the ½ is a control variate, and the KL term is sequence-level.
-* ``loss="ipo"`` (IPO-MD, Calandriello et al., arXiv 2403.08635): y, y' both from the mixture, minimising
-  (h_θ(y, y') − (P(y ≻ y') − ½)/τ)².
-
-Both have the fixed point π = softmax(log μ + P π^β/τ) with π^β ∝ π^(1−β) μ^β. This equals π* only when β → 0,
-as in the exact dynamics, where β = η_t τ → 0. With the paper's β = 0.125 the fixed point is biased slightly
-away from π*: gap 3e-3 on random N = 10 games at τ = 0.1. A Bernoulli label may replace P: both gradients
-are linear in it, so they stay unbiased. With β = 0, the PG loss's expected gradient on tabular logits is
-exactly τ/4 times online IPO's, so it needs a ~4/τ times larger SGD step. The tests use lr 4 for 'pg' and 0.1 for 'ipo'
-(K = 64, 400 rounds), which reach gap ≤ 0.011.
+The update, the losses, the sampling scheme, the options and the sources: docs/algorithms.md#nash-md. What it
+reaches on tabular games: bench/solvers.md.
 """
 
 from __future__ import annotations
@@ -43,7 +25,7 @@ from nashpref.solvers.base import Batch, Policy, Round, Solver, SolverConfig, re
 from nashpref.solvers.checks import check_number, require_tau, round_tau
 from nashpref.solvers.online_ipo import online_ipo_loss
 
-DEFAULT_ITERATIONS_PER_TAU2 = 5.0       # budget 5/τ² steps; measured gaps are far below the KL bound's 1.6
+DEFAULT_ITERATIONS_PER_TAU2 = 5.0       # budget 5/τ² steps: the KL bound is loose (bench/solvers.md)
 MIN_DEFAULT_ITERATIONS = 1000
 MAX_DEFAULT_ITERATIONS = 50_000
 
@@ -77,13 +59,11 @@ class Config(SolverConfig):
 class NashMD(Solver):
     name = "nash-md"
     Config = Config
-    iterate = "last"
-    needs_tau = True
 
     @property
     def sampled_defaults(self) -> dict:
-        """tests/test_nash_md.py: gap ≤ 0.008 (pg) / 0.0085 (ipo) on N=10 random games at τ = 0.1, 5 seeds. The PG
-        gradient is τ/4 times the IPO one, hence its larger lr."""
+        """Tuned tabular settings (`solve --recommended`; what they reach: bench/solvers.md). The PG gradient is τ/4
+        times the IPO one, hence its larger lr."""
         lr = 4.0 if self.config.loss == "pg" else 0.1
         return {"lr": lr, "optimizer": "sgd", "samples": 64, "iterations": 400}
 

@@ -1,36 +1,20 @@
-"""Online IPO (Calandriello, Guo, Munos, Rowland, Tang, Pires, Richemond, Le Lan, Valko, Liu, Azar; *Human
-Alignment of Large Language Models through Online Preference Optimisation*, arXiv 2403.08635, ICML 2024).
+"""Online IPO (Calandriello et al., *Human Alignment of Large Language Models through Online Preference
+Optimisation*, arXiv 2403.08635, ICML 2024).
 
-**Exact dynamics.** Gradient descent, step ``lr``, on the softmax logits z of π = softmax(z), on the population
-loss ("Online IPO 2" of the EGPO code)
+Exact dynamics: gradient descent on the softmax logits of the population loss ("Online IPO 2" of the EGPO code),
+whose stationary points with full support are the regularised equilibrium; the last iterate is reported and the
+default step 10τ²/(1 + 10τ²) lies inside the step's (derived) stability region. Sampled training: the squared IPO
+loss on pairs y, y′ ~ π_t with target (P(y ≻ y′) − ½)/τ.
 
-    L(z) = Σ_{y,y'} sg π(y) sg π(y') (a(y) − a(y') − (P(y ≻ y') − ½)/τ)²,    a = log π − log μ.
-
-Both pair weights are frozen, so ∂L/∂a(k) = 4π(k)[a(k) − E_π a − (P(k ≻ π) − ½)/τ]. These partials sum to zero
-(πᵀPπ = ½), so the softmax Jacobian leaves them unchanged and they are also ∂L/∂z(k). The stationary points
-with full support satisfy log π − log μ − Pπ/τ = const: the regularised equilibrium π*. The **last iterate**
-converges to it.
-
-*No global rate is proven* (the paper relates online IPO to Nash-MD, which has the same fixed point). *Derived here:*
-near π* the step is linear with eigenvalues 1 − lr·λ, where λ ≈ 4π(k)(1 ± iω/τ). It is stable only for
-lr ≲ τ²/(2 max π·ω²), and its slowest mode contracts like 1 − 4·lr·min π(k). The default lr = 10τ²/(1 + 10τ²)
-lies safely inside the stability region. Measured on random N = 10 games, the region's edge is 37–57 τ² for
-τ ≤ 0.1. The default budget is 100/lr steps (capped at 50 000), so it grows like 1/τ². At τ = 0.1 (1 100 steps)
-the worst gap over 10 random games was 5e-5 for N = 10 and 2.4e-4 for N = 50. At τ = 0.01 the capped budget
-leaves worst gaps of 1.4e-3 (N = 10) and 1.9e-2 (N = 50), so use egpo there.
-
-**Sampled training** (§8.2). Draw y, y' ~ π_t, K pairs per context, and minimise
-
-    (h_θ(y, y') − (P(y ≻ y') − ½)/τ)²,    h_θ = log π_θ(y)/μ(y) − log π_θ(y')/μ(y').
-
-A Bernoulli label may replace P: the gradient is linear in the target, so it stays unbiased. On tabular games
-(τ = 0.1), SGD with lr 0.05, K = 64 and 400 rounds reaches gap ≤ 0.005 (tests/test_online_ipo.py).
+The update, the loss, the sampling scheme, the options and the sources: docs/algorithms.md#online-ipo. What it
+reaches on tabular games: bench/solvers.md.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -40,7 +24,7 @@ from nashpref.solvers.base import Batch, Policy, Round, Solver, SolverConfig, re
 from nashpref.solvers.checks import check_number, require_tau, round_tau
 from nashpref.solvers.losses import log_ratio_regression
 
-DEFAULT_LR_SCALE = 10.0          # lr = s·τ²/(1 + s·τ²); stability needs roughly lr < 37τ² (τ ≤ 0.1)
+DEFAULT_LR_SCALE = 10.0          # lr = s·τ²/(1 + s·τ²), well inside the stability region (bench/solvers.md)
 DEFAULT_LR_ITERATIONS = 100.0    # default budget: iterations·lr = this
 MAX_DEFAULT_ITERATIONS = 50_000
 
@@ -73,23 +57,19 @@ class Config(SolverConfig):
 class OnlineIPO(Solver):
     name = "online-ipo"
     Config = Config
-    iterate = "last"
-    needs_tau = True
-    # tests/test_online_ipo.py: gap ≤ 0.005 on N=10 random games (τ = 0.1) and ≤ 0.002 on weighted-rps, 5 seeds
-    sampled_defaults = {"lr": 0.05, "optimizer": "sgd", "samples": 64, "iterations": 400}
-
-    def step_size(self, tau: float) -> float:
-        if self.config.lr is None:
-            return default_lr(tau)
-        return check_number(self.config.lr, "lr", self.name)
-
-    def default_iterations(self, game: PreferenceGame) -> int:
-        lr = self.step_size(require_tau(game, self.name))
-        return min(math.ceil(DEFAULT_LR_ITERATIONS / lr), MAX_DEFAULT_ITERATIONS)
+    sampled_defaults: ClassVar[dict] = {"lr": 0.05, "optimizer": "sgd", "samples": 64, "iterations": 400}
 
     def init(self, game: PreferenceGame) -> Tensor:
         require_tau(game, self.name)
         return game.log_mu.clone()
+
+    def step_size(self, tau: float) -> float:
+        """The exact dynamics' step: the configured lr, or 10τ²/(1 + 10τ²)."""
+        return default_lr(tau) if self.config.lr is None else check_number(self.config.lr, "lr", self.name)
+
+    def default_iterations(self, game: PreferenceGame) -> int:
+        lr = self.step_size(require_tau(game, self.name))
+        return min(math.ceil(DEFAULT_LR_ITERATIONS / lr), MAX_DEFAULT_ITERATIONS)
 
     def step(self, game: PreferenceGame, log_pi: Tensor, t: int) -> Tensor:
         lr = self.step_size(require_tau(game, self.name))

@@ -26,12 +26,13 @@ import torch
 import tyro
 from tqdm import tqdm
 
-from nashpref.benchmarks.tabular_report import (LARGE_GAME, THRESHOLDS, markdown, plot_mode)
+from nashpref.benchmarks.tabular.report import (LARGE_GAME, THRESHOLDS, markdown, plot_mode)
+from nashpref.checks import integer
 from nashpref.core.equilibrium import solve_equilibrium
 from nashpref.core.exact import ExactRun, iterate_metrics, log_schedule, run_exact
-from nashpref.errors import BadInput
 from nashpref.core.game import PreferenceGame
 from nashpref.core.gamefile import list_games, load_game
+from nashpref.errors import BadInput
 from nashpref.io import check_output_dir, jsonable, staged_output
 from nashpref.sampled import (SampledConfig, recommended_options, recommended_values, run_sampled, single_thread,
                               validate_config)
@@ -145,10 +146,7 @@ def check_writable(out: Path) -> None:
 
 
 def positive_int(name: str, value, default: int) -> int:
-    value = default if value is None else value
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise BadInput(f"bench tabular: {name} must be an integer >= 1, got {value!r}")
-    return value
+    return integer(default if value is None else value, f"bench tabular: {name}")
 
 
 def distinct(values, name: str) -> tuple:
@@ -332,7 +330,7 @@ def race_tasks(plan: Plan) -> list[dict]:
                 iterations = plan.budget * game.num_contexts // per_round
                 if iterations < 1:
                     raise BadInput(f"bench tabular: query_budget {plan.budget} is below one round of {name} on "
-                                    f"{label} ({per_round / game.num_contexts:g} queries per context)")
+                                   f"{label} ({per_round / game.num_contexts:g} queries per context)")
                 tasks += [{"mode": mode, "game": label, "solver": name, "seed": seed, "iterations": iterations}
                           for seed in plan.seeds]
     return tasks

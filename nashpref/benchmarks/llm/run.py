@@ -1,11 +1,11 @@
 """``nashpref bench llm``: every solver and iterative DPO on a tiny language model under a known intransitive
 preference, scored by that ground truth on held-out prompts.
 
-The world (``llm_setup``): a tiny Llama made offline and SFT'd on a styled corpus, and the ``rule:raters`` oracle
-— three raters whose majority over response styles is a cycle, plus a quality term. Each method trains from the
-same μ for the same iterations on the same prompts, samples per prompt and seeds, sharing one vLLM engine (weights
-are swapped in, never reloaded from disk). Then every final policy answers the held-out prompts and the oracle
-scores:
+The world (``nashpref.benchmarks.llm.setup``): a tiny Llama made offline and SFT'd on a styled corpus, and the
+``rule:raters`` oracle — three raters whose majority over response styles is a cycle, plus a quality term. Each
+method trains from the same μ for the same iterations on the same prompts, samples per prompt and seeds, sharing
+one vLLM engine (weights are swapped in, never reloaded from disk). Then every final policy answers the held-out
+prompts and the oracle scores:
 
 * win-rate against the reference μ and against iterative DPO's final policy of the same seed;
 * exploitability max_c E_{y~π} P(c ≻ y) − ½, c from a pool of candidate responses per prompt: the samples of every
@@ -18,7 +18,7 @@ scores:
 * KL(π‖μ) (per-token exact KL summed over the response), and the time per iteration split into sampling, judging,
   training and weight sync.
 
-Means over seeds carry 95% Student-t intervals (the report and the plot are in ``llm_report``).
+Means over seeds carry 95% Student-t intervals (the report and the plot are in ``nashpref.benchmarks.llm.report``).
 """
 
 from __future__ import annotations
@@ -33,102 +33,14 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 
-from nashpref.benchmarks.llm_setup import SIZES, build_setup, describe_responses, styled_response
-from nashpref.benchmarks.llm_report import BASELINE, ORACLE, machine, plot, report, summarise
+from nashpref.benchmarks.llm.config import Budget, LLMBenchConfig, resolve_budget, validate
+from nashpref.benchmarks.llm.report import BASELINE, ORACLE, machine, plot, report, summarise
+from nashpref.benchmarks.llm.setup import build_setup, describe_responses, styled_response
 from nashpref.errors import BadInput
-from nashpref.solvers import REGISTRY
 from nashpref.lm.build import sampler_kind
-
-
-
-@dataclass
-class LLMBenchConfig:
-    """Race every solver against iterative DPO on a tiny language model with a ground-truth intransitive
-    preference (rule:raters); writes OUT/README.md, OUT/results.json and OUT/llm.png. Finished runs in OUT/runs are
-    reused, so a killed benchmark resumes where it stopped."""
-
-    out: Path = Path("bench/llm")
-    """Output directory: setup/ (the model and prompts), runs/ (one training run per method and seed), and the
-    report."""
-    size: Literal["tiny", "small", "base"] = "tiny"
-    """tiny: a 64-wide 2-layer Llama, 0.3–7 s per iteration on a 2-core CPU (the default run took 19.5 min there);
-    small (256 wide, 4 layers) and base (512 wide, 8 layers): more prompts, samples and iterations, for a GPU."""
-    methods: tuple[str, ...] = tuple(REGISTRY)
-    """Methods to race (solver names); iterative-dpo is the baseline every other is compared with."""
-    seeds: tuple[int, ...] = (0, 1, 2)
-    """Training seeds (each method runs once per seed; intervals are over seeds)."""
-    iterations: int | None = None
-    """Self-play iterations per run (default: the size's)."""
-    samples: int | None = None
-    """Responses per prompt per iteration (default: the size's)."""
-    lr: float | None = None
-    """AdamW learning rate (default: the size's)."""
-    tau: float = 0.1
-    """KL-regularisation strength τ of the game."""
-    max_new_tokens: int | None = None
-    """Longest response, in tokens (default: the size's)."""
-    eval_samples: int | None = None
-    """Responses per held-out prompt for scoring each final policy (default: the size's)."""
-    sampler: Literal["auto", "vllm", "hf"] = "auto"
-    """Sampling engine: vllm (one engine shared by every run), hf (transformers generate), auto (vllm if
-    installed)."""
-    device: str | None = None
-    """Torch device of the trained models (default: cuda if available, else cpu)."""
-    setup_seed: int = 0
-    """Seed of the setup: the model, its SFT corpus and the prompts."""
-    fresh: bool = False
-    """Discard finished runs in OUT/runs and train again."""
-    progress: bool = True
-    """Show progress bars on stderr."""
-
-
-@dataclass
-class Budget:
-    """The resolved per-run budget."""
-
-    iterations: int
-    samples: int
-    lr: float
-    max_new_tokens: int
-    eval_samples: int
-
-
-def resolve_budget(config: LLMBenchConfig) -> Budget:
-    spec = SIZES[config.size]
-    return Budget(iterations=config.iterations or spec.iterations, samples=config.samples or spec.samples,
-                  lr=config.lr or spec.lr, max_new_tokens=config.max_new_tokens or spec.max_new_tokens,
-                  eval_samples=config.eval_samples or spec.eval_samples)
-
-
-def validate(config: LLMBenchConfig) -> None:
-    """BadInput for bad options, before anything is written."""
-    unknown = [m for m in config.methods if m not in REGISTRY]
-    if unknown:
-        raise BadInput(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(REGISTRY)}")
-    if not config.methods or len(set(config.methods)) != len(config.methods):
-        raise BadInput("--methods: give one or more distinct solver names")
-    if not config.seeds or len(set(config.seeds)) != len(config.seeds):
-        raise BadInput("--seeds: give one or more distinct seeds")
-    for name in ("iterations", "samples", "max_new_tokens", "eval_samples"):
-        value = getattr(config, name)
-        if value is not None and value < 1:
-            raise BadInput(f"--{name.replace('_', '-')} {value}: must be ≥ 1")
-    if config.samples is not None and config.samples < 2:
-        raise BadInput(f"--samples {config.samples}: self-play needs ≥ 2 responses per prompt")
-    if config.lr is not None and not config.lr > 0:
-        raise BadInput(f"--lr {config.lr}: must be > 0")
-    if not config.tau > 0:
-        raise BadInput(f"--tau {config.tau}: must be > 0")
-    if config.out.exists() and not config.out.is_dir():
-        raise BadInput(f"--out {config.out}: exists and is not a directory")
-    from nashpref.lm.loading import require_lm_extra
-
-    require_lm_extra("bench llm")
-    sampler_kind(config)                # --sampler vllm without vllm installed fails here
 
 
 # ---- training --------------------------------------------------------------------------------------------------
@@ -184,7 +96,7 @@ def load_weights(policy, directory: Path) -> None:
     missing, unexpected = policy.model.load_state_dict(state, strict=False)
     if unexpected or [k for k in missing if not k.endswith("rotary_emb.inv_freq")]:
         raise BadInput(f"{directory}: weights do not match the setup's model ({len(missing)} missing, "
-                        f"{len(unexpected)} unexpected)")
+                       f"{len(unexpected)} unexpected)")
 
 
 def ideal_candidates(prompts: list[str], seed: int) -> list[list[str]]:

@@ -7,14 +7,11 @@ import os
 import platform
 import statistics
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
+from nashpref.benchmarks.llm.config import Budget, LLMBenchConfig
 from nashpref.benchmarks.stats import format_ci, mean_ci
-
-if TYPE_CHECKING:
-    from nashpref.benchmarks.llm import Budget, LLMBenchConfig
 
 ORACLE = "rule:raters"
 BASELINE = "iterative-dpo"
