@@ -98,3 +98,10 @@ def test_no_import_cycle_among_nashpref_modules():
 def test_no_module_over_400_lines(path):
     lines = len(path.read_text(encoding="utf-8").splitlines())
     assert lines <= MAX_LINES, f"{path.relative_to(PACKAGE.parent)} has {lines} lines"
+
+
+def test_every_folder_of_modules_is_a_package():
+    """setuptools installs only folders with an __init__.py: one without it works from a checkout and is missing
+    from an installed wheel."""
+    folders = {path.parent for path in PACKAGE.rglob("*.py")}
+    assert sorted(str(f.relative_to(PACKAGE.parent)) for f in folders if not (f / "__init__.py").is_file()) == []

@@ -10,25 +10,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from nashpref.core.game import PreferenceGame
-from nashpref.core.tabular import MatrixOracle, TabularPolicy
 from nashpref.errors import BadInput, MissingResource, NashprefError
 from nashpref.lm.checkpoints import CHECKPOINTS
 from nashpref.lm.config import RESUMABLE_CHANGES, TrainConfig
 from nashpref.lm.samplers.base import SamplingConfig
-from nashpref.rounds import SelfPlayRound
 from nashpref.solvers import Solver
 
 
 def check_solver_options(solver: Solver, tau: float, samples: int) -> None:
-    """Run the solver's ``collect`` and ``loss`` once on a 3-action tabular game: every check a solver makes of
-    its options (and of K) fires here, before anything is written, instead of in the first round."""
-    game = PreferenceGame.create([[0.5, 0.7, 0.2], [0.3, 0.5, 0.6], [0.8, 0.4, 0.5]], [0.5, 0.3, 0.2], tau)
-    policy = TabularPolicy(game.log_mu.clone())
-    generator = torch.Generator().manual_seed(0)
-    batch = solver.collect(SelfPlayRound(policy.frozen(), TabularPolicy(game.log_mu).frozen(), MatrixOracle(game),
-                                         torch.arange(1), samples, True, generator, tau))
-    solver.loss(batch, policy)
+    """Every check a solver makes of its options and of K, before anything is written: its Config was validated
+    when it was built; what depends on the run (K, τ) is checked here instead of in the first round."""
+    solver.check_sampled(samples, tau)
 
 
 def sampler_kind(config: TrainConfig) -> str:

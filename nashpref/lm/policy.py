@@ -48,8 +48,8 @@ class LMPolicy(torch.nn.Module):
 
     ``sampler`` draws ``sample`` (an ``HFSampler`` on this model by default, or a ``VLLMSampler``); the
     geometric mixture of ``sample_mixture`` always runs in transformers with both KV caches on. With a sampler
-    that holds its own weights (vLLM), ``frozen()`` pushes the current weights into it and, if
-    ``verify_every_sync``, checks them.
+    that holds its own weights (vLLM), ``frozen()`` makes sure it holds the current ones (``ensure_synced``: a sync
+    only when they changed) and, if ``verify_every_sync``, checks them.
     """
 
     def __init__(self, model, tokenizer, prompts: Sequence[Prompt], *, sampler=None,
@@ -162,7 +162,7 @@ class LMPolicy(torch.nn.Module):
 
     def frozen(self) -> "FrozenLMPolicy":
         """π_t: a no-grad view of the current weights (see the module docstring); a sampler holding its own
-        weights is synced here (and verified when ``verify_every_sync``)."""
+        weights gets them here if it lacks them (and checks them when ``verify_every_sync``)."""
         if hasattr(self.sampler, "ensure_synced"):
             self.sampler.ensure_synced(self)
             if self.verify_every_sync:

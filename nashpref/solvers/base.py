@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Literal, Protocol
 from torch import Tensor
 
 from nashpref.core.game import PreferenceGame
+from nashpref.errors import BadInput
 
 Iterate = Literal["last", "average"]
 Source = Literal["policy", "reference", "mixture"]
@@ -82,7 +83,11 @@ class Round(Protocol):
 
 @dataclasses.dataclass
 class SolverConfig:
-    """Options shared by every solver; each solver extends it with its own fields."""
+    """Options shared by every solver; each solver extends it with its own fields (their docstrings are the
+    commands' help) and checks them in ``validate``."""
+
+    def validate(self, solver: str) -> None:
+        """Raise BadInput (one line naming ``solver`` and the field) for a value no game could accept."""
 
 
 class Solver(ABC):
@@ -97,8 +102,21 @@ class Solver(ABC):
     sampled_defaults: ClassVar[dict] = {}
     sampled_options: ClassVar[dict] = {}
 
+    # Responses per context that the sampled loss needs (pair-comparing solvers need two).
+    min_samples: ClassVar[int] = 1
+
     def __init__(self, config: SolverConfig | None = None):
         self.config = config if config is not None else self.Config()
+        self.config.validate(self.name)
+
+    def check_sampled(self, samples: int, tau: float | None) -> None:
+        """Raise BadInput when sampled training with K = ``samples`` responses per context at KL strength ``tau``
+        cannot run: too few samples, or τ ≤ 0 for a solver of the regularised game."""
+        if samples < self.min_samples:
+            raise BadInput(f"{self.name}: needs at least {self.min_samples} samples per context to compare, "
+                           f"got samples={samples}")
+        if self.needs_tau and (tau is None or not tau > 0):
+            raise BadInput(f"{self.name}: sampled training needs the round's KL strength tau > 0, got {tau!r}")
 
     # ---- exact tabular dynamics -----------------------------------------------------------------------------
     def default_iterations(self, game: PreferenceGame) -> int:

@@ -19,12 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from nashpref.checks import integer
 from nashpref.core.game import PreferenceGame
 from nashpref.errors import BadInput
 from nashpref.solvers.base import Batch, Policy, Round, SolverConfig, register, take
 from nashpref.solvers.checks import check_number, require_samples
 from nashpref.solvers.coverage import compact, distinct_weights
-from nashpref.solvers.hedge import HedgeSolver
+from nashpref.solvers.hedge import HedgeSolver, check_target_gap
 from nashpref.solvers.losses import dpo_loss
 from nashpref.solvers.win_rates import preference_matrix, reference_entries
 
@@ -74,11 +75,22 @@ class Config(SolverConfig):
     loss is divided by its number of distinct responses, and contexts are summed, so SGD with lr ≈ 4/η² is about
     one Newton step. Ignored for language-model responses (never repeated)."""
 
+    def validate(self, solver: str) -> None:
+        if self.eta is not None:
+            check_number(self.eta, "eta", solver)
+        check_target_gap(self.target_gap, solver)
+        if self.variant not in ("soft", "prct"):
+            raise BadInput(f"{solver}: variant must be 'soft' or 'prct', got {self.variant!r}")
+        check_number(self.margin, "margin", solver, high=1.0, low_open=False)
+        integer(self.reference_samples, f"{solver}: reference_samples", 0)
+
+
 
 @register
 class DNO(HedgeSolver):
     name = "dno"
     Config = Config
+    min_samples = 2
     sampled_options: ClassVar[dict] = {"eta": 2.0, "reference_samples": 1024, "distinct": True}
     # SGD lr 4/η² is about one Newton step on a round's pairwise loss
     sampled_defaults: ClassVar[dict] = {"lr": 1.0, "optimizer": "sgd", "samples": 8, "iterations": 2000,
@@ -87,14 +99,14 @@ class DNO(HedgeSolver):
     def inverse_step(self, game: PreferenceGame) -> float:
         if self.config.eta is None:
             return 1.0 / self.hedge_step(game)
-        return check_number(self.config.eta, "eta", self.name)
+        return self.config.eta
 
     def step(self, game: PreferenceGame, log_pi: Tensor, t: int) -> Tensor:
         return torch.log_softmax(log_pi + game.win_rates(log_pi.exp()) / self.inverse_step(game), dim=-1)
 
     # ---- sampled training ----------------------------------------------------------------------------------
     def sampled_eta(self) -> float:
-        return SAMPLED_ETA if self.config.eta is None else check_number(self.config.eta, "eta", self.name)
+        return SAMPLED_ETA if self.config.eta is None else self.config.eta
 
     def collect(self, round: Round) -> Batch:
         k = round.samples
@@ -106,14 +118,11 @@ class DNO(HedgeSolver):
                      "log_prob_previous": round.log_prob(responses, "previous")}
             return batch | reference_entries(round, self.name, self.config.reference_samples, responses, k,
                                              "reward")
-        if self.config.variant != "prct":
-            raise BadInput(f"{self.name}: variant must be 'soft' or 'prct', got {self.config.variant!r}")
         index = torch.stack([reward.argmax(-1), reward.argmin(-1)], dim=-1)
         pair = take(responses, index)
         best_worst = reward.gather(1, index)
         spread = best_worst[:, 0] - best_worst[:, 1]
-        margin = check_number(self.config.margin, "margin", self.name, high=1.0, low_open=False)
-        keep = (spread > 0) & (spread >= margin)
+        keep = (spread > 0) & (spread >= self.config.margin)
         return {"contexts": round.contexts, "responses": pair, "keep": keep.to(torch.float64),
                 "log_prob_previous": round.log_prob(pair, "previous")}
 

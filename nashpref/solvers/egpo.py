@@ -43,6 +43,11 @@ class Config(SolverConfig):
     """Sampled training: use length-normalised (mean per-token) log-probs for a = log π_θ − log μ, as the
     paper's LM code does. This is a no-op for tabular policies."""
 
+    def validate(self, solver: str) -> None:
+        if self.eta is not None:
+            check_number(self.eta, "eta", solver)
+
+
 
 @register
 class EGPO(Solver):

@@ -21,10 +21,15 @@ def hedge_log_range(game: PreferenceGame) -> float:
     return max(-math.log(game.mu.min().item()), math.log(2.0))
 
 
+def check_target_gap(target_gap, where: str) -> None:
+    """BadInput unless 0 < target_gap ≤ 1 (the unregularised gap lies in [0, 1])."""
+    if isinstance(target_gap, bool) or not isinstance(target_gap, (int, float)) or not 0.0 < target_gap <= 1.0:
+        raise BadInput(f"{where}: target_gap must lie in (0, 1], got {target_gap!r}")
+
+
 def hedge_horizon(game: PreferenceGame, target_gap: float) -> int:
     """Smallest T whose Hedge bound √(2L/T) on the average iterate's unregularised gap is ≤ ``target_gap``."""
-    if not 0.0 < target_gap <= 1.0:
-        raise BadInput(f"{game.name}: target_gap must lie in (0, 1], got {target_gap!r}")
+    check_target_gap(target_gap, game.name)
     return math.ceil(2.0 * hedge_log_range(game) / target_gap ** 2)
 
 

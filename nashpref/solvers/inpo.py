@@ -47,11 +47,17 @@ class Config(SolverConfig):
     """Mirror-descent step η (the third-party LM code's 1/eta). None: τ/(τ² + ¼), which converges locally for
     every τ > 0. η·τ must be at most 1. For language models the 3rd-party setting is η·τ = 1/3, η ≈ 133."""
 
+    def validate(self, solver: str) -> None:
+        if self.eta is not None:
+            check_number(self.eta, "eta", solver)
+
+
 
 @register
 class INPO(Solver):
     name = "inpo"
     Config = Config
+    min_samples = 2
     # Adam: η only rescales the gradient of the first step, and the loss's stationary point is π*_τ for every η
     sampled_defaults = {"lr": 0.02, "optimizer": "adam", "samples": 8, "iterations": 1000}
 
@@ -64,6 +70,10 @@ class INPO(Solver):
             raise BadInput(f"{self.name}: needs eta·tau ≤ 1 (the step's weight on π_t is 1 − ητ), got "
                            f"eta={eta!r}, tau={tau!r}")
         return eta
+
+    def check_sampled(self, samples: int, tau: float | None) -> None:
+        super().check_sampled(samples, tau)
+        self.step_size(tau)                 # the loss uses the step: η·τ ≤ 1
 
     def default_iterations(self, game: PreferenceGame) -> int:
         tau = require_tau(game, self.name)

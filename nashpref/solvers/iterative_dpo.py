@@ -118,18 +118,26 @@ class Config(SolverConfig):
     label_smoothing: float = 0.1
     """Sampled training: cDPO label smoothing ε (RLHFlow uses 0.1; 0 is plain DPO)."""
 
+    def validate(self, solver: str) -> None:
+        if self.reference not in ("initial", "previous"):
+            raise BadInput(f"{solver}: reference must be 'initial' or 'previous', got {self.reference!r}")
+        check_number(self.ridge, "ridge", solver)
+        check_number(self.label_smoothing, "label_smoothing", solver, high=0.5, low_open=False)
+
+
 
 @register
 class IterativeDPO(Solver):
     name = "iterative-dpo"
     Config = Config
+    min_samples = 2
 
     def default_iterations(self, game: PreferenceGame) -> int:
         return DEFAULT_ITERATIONS
 
     def scores(self, game: PreferenceGame, pi: Tensor) -> Tensor:
         """BT maximum-likelihood scores of the game's preference under on-policy pair weights π⊗π."""
-        return fit_bradley_terry(game.P, pi, check_number(self.config.ridge, "ridge", self.name))
+        return fit_bradley_terry(game.P, pi, self.config.ridge)
 
     def step(self, game: PreferenceGame, log_pi: Tensor, t: int) -> Tensor:
         tau = require_tau(game, self.name)
@@ -139,8 +147,6 @@ class IterativeDPO(Solver):
 
     def anchor(self) -> str:
         """The round's model each update is anchored to: μ ("reference") or π_t ("previous")."""
-        if self.config.reference not in ("initial", "previous"):
-            raise BadInput(f"{self.name}: reference must be 'initial' or 'previous', got {self.config.reference!r}")
         return "reference" if self.config.reference == "initial" else "previous"
 
     # ---- sampled training ----------------------------------------------------------------------------------
@@ -160,7 +166,6 @@ class IterativeDPO(Solver):
         log_prob = policy.log_prob(batch["contexts"], batch["responses"])
         log_ratio = log_prob - batch["log_prob_anchor"].to(log_prob)
         keep = batch["keep"].to(log_prob)
-        smoothing = check_number(self.config.label_smoothing, "label_smoothing", self.name, high=0.5, low_open=False)
-        per_pair = dpo_loss(log_ratio[:, 0], log_ratio[:, 1], batch["tau"], smoothing)
+        per_pair = dpo_loss(log_ratio[:, 0], log_ratio[:, 1], batch["tau"], self.config.label_smoothing)
         loss = (per_pair * keep).sum() / keep.sum().clamp(min=1.0)
         return loss, {"kept": keep.mean().item()}

@@ -54,6 +54,14 @@ class Config(SolverConfig):
     """Sampled loss: 'pg' is Nash-MD-PG (y ~ π_t against y' from the mixture); 'ipo' is IPO-MD (both from the
     mixture, squared IPO loss)."""
 
+    def validate(self, solver: str) -> None:
+        if self.eta is not None:
+            check_number(self.eta, "eta", solver)
+        check_number(self.mixture, "mixture", solver, high=1.0, low_open=False)
+        if self.loss not in ("pg", "ipo"):
+            raise BadInput(f"{solver}: loss must be 'pg' or 'ipo', got {self.loss!r}")
+
+
 
 @register
 class NashMD(Solver):
@@ -90,9 +98,7 @@ class NashMD(Solver):
     # ---- sampled training ----------------------------------------------------------------------------------
     def collect(self, round: Round) -> Batch:
         tau = round_tau(round, self.name)
-        beta = check_number(self.config.mixture, "mixture", self.name, high=1.0, low_open=False)
-        if self.config.loss not in ("pg", "ipo"):
-            raise BadInput(f"{self.name}: loss must be 'pg' or 'ipo', got {self.config.loss!r}")
+        beta = self.config.mixture
         k = round.samples
         if self.config.loss == "pg":
             first = round.sample(k, "policy")

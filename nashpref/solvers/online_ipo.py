@@ -52,6 +52,11 @@ class Config(SolverConfig):
     """Exact dynamics: gradient-descent step on the logits of the population loss. None uses 10τ²/(1+10τ²),
     which is stable for every τ > 0 on the games tested. Sampled training uses the loop's --lr instead."""
 
+    def validate(self, solver: str) -> None:
+        if self.lr is not None:
+            check_number(self.lr, "lr", solver)
+
+
 
 @register
 class OnlineIPO(Solver):
@@ -65,7 +70,7 @@ class OnlineIPO(Solver):
 
     def step_size(self, tau: float) -> float:
         """The exact dynamics' step: the configured lr, or 10τ²/(1 + 10τ²)."""
-        return default_lr(tau) if self.config.lr is None else check_number(self.config.lr, "lr", self.name)
+        return default_lr(tau) if self.config.lr is None else self.config.lr
 
     def default_iterations(self, game: PreferenceGame) -> int:
         lr = self.step_size(require_tau(game, self.name))

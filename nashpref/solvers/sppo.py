@@ -19,12 +19,13 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor
 
+from nashpref.checks import integer
 from nashpref.core.game import PreferenceGame
 from nashpref.errors import BadInput
 from nashpref.solvers.base import Batch, Policy, Round, SolverConfig, register, take
 from nashpref.solvers.checks import check_number, require_samples
 from nashpref.solvers.coverage import compact, distinct_weights
-from nashpref.solvers.hedge import HedgeSolver
+from nashpref.solvers.hedge import HedgeSolver, check_target_gap
 from nashpref.solvers.win_rates import preference_matrix, reference_entries
 
 SAMPLED_ETA = 1.0
@@ -74,11 +75,23 @@ class Config(SolverConfig):
     responses and contexts, so SGD with lr ½ solves a 'fit' round in one step. Ignored for language-model
     responses (never repeated)."""
 
+    def validate(self, solver: str) -> None:
+        if self.eta is not None:
+            check_number(self.eta, "eta", solver)
+        check_target_gap(self.target_gap, solver)
+        if self.pairs not in ("all", "best-worst"):
+            raise BadInput(f"{solver}: pairs must be 'all' or 'best-worst', got {self.pairs!r}")
+        integer(self.reference_samples, f"{solver}: reference_samples", 0)
+        if self.log_partition not in ("half", "fit"):
+            raise BadInput(f"{solver}: log_partition must be 'half' or 'fit', got {self.log_partition!r}")
+
+
 
 @register
 class SPPO(HedgeSolver):
     name = "sppo"
     Config = Config
+    min_samples = 2
     # one SGD step of lr ½ solves a round's 'fit' + 'distinct' regression exactly
     sampled_defaults: ClassVar[dict] = {"lr": 0.5, "optimizer": "sgd", "samples": 8, "iterations": 2000,
                                         "epochs": 1}
@@ -88,7 +101,7 @@ class SPPO(HedgeSolver):
     def step_size(self, game: PreferenceGame) -> float:
         if self.config.eta is None:
             return self.hedge_step(game)
-        return check_number(self.config.eta, "eta", self.name)
+        return self.config.eta
 
     def step(self, game: PreferenceGame, log_pi: Tensor, t: int) -> Tensor:
         return torch.log_softmax(log_pi + self.step_size(game) * game.win_rates(log_pi.exp()), dim=-1)
@@ -98,8 +111,6 @@ class SPPO(HedgeSolver):
         k = round.samples
         require_samples(self.name, k)
         responses = round.sample(k)
-        if self.config.pairs not in ("all", "best-worst"):
-            raise BadInput(f"{self.name}: pairs must be 'all' or 'best-worst', got {self.config.pairs!r}")
         win_rate = preference_matrix(round, responses, k).mean(-1)   # row mean incl. the self term ½
         if self.config.pairs == "best-worst":
             index = torch.stack([win_rate.argmax(-1), win_rate.argmin(-1)], dim=-1)
@@ -125,9 +136,7 @@ class SPPO(HedgeSolver):
         previous, win_rate = previous.to(log_prob), win_rate.to(log_prob)
         if weight is not None:
             weight, log_prob, previous, win_rate = compact(weight, log_prob, previous, win_rate)
-        eta = SAMPLED_ETA if self.config.eta is None else check_number(self.config.eta, "eta", self.name)
-        if self.config.log_partition not in ("half", "fit"):
-            raise BadInput(f"{self.name}: log_partition must be 'half' or 'fit', got {self.config.log_partition!r}")
+        eta = SAMPLED_ETA if self.config.eta is None else self.config.eta
         fit = self.config.log_partition == "fit"
         per_context = sppo_context_loss(log_prob, previous, win_rate, eta, weight, fit)
         # distinct: summed over contexts too, so lr ½ stays one exact step whatever the batch size
