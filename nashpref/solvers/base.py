@@ -18,8 +18,10 @@ from typing import Any, ClassVar, Literal, Protocol
 
 from torch import Tensor
 
+from nashpref.checks import integer
 from nashpref.core.game import PreferenceGame
 from nashpref.errors import BadInput
+from nashpref.solvers.checks import check_choice, check_number
 
 Iterate = Literal["last", "average"]
 Source = Literal["policy", "reference", "mixture"]
@@ -86,8 +88,23 @@ class SolverConfig:
     """Options shared by every solver; each solver extends it with its own fields (their docstrings are the
     commands' help) and checks them in ``validate``."""
 
+    # What ``validate`` checks, declared by each Config (plain class attributes, not annotated: so they are no
+    # dataclass fields and no command-line options).
+    positive = ()       # fields that must be finite numbers > 0 (or None: the solver's own default)
+    choices = {}        # field -> the few values it may take
+    bounded = {}        # field -> bound: a finite number in [0, bound]
+    counts = ()         # fields that must be integers ≥ 0
+
     def validate(self, solver: str) -> None:
         """Raise BadInput (one line naming ``solver`` and the field) for a value no game could accept."""
+        for name in self.positive:
+            check_number(getattr(self, name), name, solver, allow_none=True)
+        for name, allowed in self.choices.items():
+            check_choice(getattr(self, name), name, solver, allowed)
+        for name, bound in self.bounded.items():
+            check_number(getattr(self, name), name, solver, high=bound, low_open=False)
+        for name in self.counts:
+            integer(getattr(self, name), f"{solver}: {name}", 0)
 
 
 class Solver(ABC):

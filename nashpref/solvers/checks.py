@@ -19,10 +19,17 @@ def require_tau(game: PreferenceGame, solver: str) -> float:
 
 
 def check_number(value, field: str, solver: str, *, low: float = 0.0, high: float = math.inf,
-                 low_open: bool = True) -> float:
+                 low_open: bool = True, allow_none: bool = False) -> float | None:
     """``value`` as a float, or BadInput unless it is finite and lies in (low, high] ([low, high] if not
-    ``low_open``)."""
-    return number(value, f"{solver}: {field}", low, high, low_open=low_open)
+    ``low_open``); None passes with ``allow_none``."""
+    return number(value, f"{solver}: {field}", low, high, low_open=low_open, allow_none=allow_none)
+
+
+def check_choice(value, field: str, solver: str, allowed: tuple[str, ...]) -> str:
+    """``value``, or BadInput unless it is one of ``allowed``."""
+    if value not in allowed:
+        raise BadInput(f"{solver}: {field} must be {' or '.join(repr(a) for a in allowed)}, got {value!r}")
+    return value
 
 
 def round_tau(round, solver: str) -> float:

@@ -19,13 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nashpref.checks import integer
 from nashpref.core.game import PreferenceGame
-from nashpref.errors import BadInput
 from nashpref.solvers.base import Batch, Policy, Round, SolverConfig, register, take
-from nashpref.solvers.checks import check_number, require_samples
+from nashpref.solvers.checks import require_samples
 from nashpref.solvers.coverage import compact, distinct_weights
-from nashpref.solvers.hedge import HedgeSolver, check_target_gap
+from nashpref.solvers.hedge import HedgeSolver
 from nashpref.solvers.losses import dpo_loss
 from nashpref.solvers.win_rates import preference_matrix, reference_entries
 
@@ -54,6 +52,11 @@ def dno_context_loss(log_ratio: Tensor, reward: Tensor, eta: float, weight: Tens
 
 @dataclasses.dataclass
 class Config(SolverConfig):
+    positive = ("eta",)
+    choices = {"variant": ("soft", "prct")}
+    bounded = {"margin": 1.0}
+    counts = ("reference_samples",)
+
     eta: float | None = None
     """Inverse step η of π_{t+1} ∝ π_t exp(r_t/η) (the paper's KL-to-π_t weight). None: exact dynamics use the
     Hedge-optimal √(T/(8 log(1/min μ))) for the default horizon T. Sampled training uses 1.0, which is
@@ -74,16 +77,6 @@ class Config(SolverConfig):
     """Soft variant on action ids: each pair of distinct responses counts once (repeats are dropped), a context's
     loss is divided by its number of distinct responses, and contexts are summed, so SGD with lr ≈ 4/η² is about
     one Newton step. Ignored for language-model responses (never repeated)."""
-
-    def validate(self, solver: str) -> None:
-        if self.eta is not None:
-            check_number(self.eta, "eta", solver)
-        check_target_gap(self.target_gap, solver)
-        if self.variant not in ("soft", "prct"):
-            raise BadInput(f"{solver}: variant must be 'soft' or 'prct', got {self.variant!r}")
-        check_number(self.margin, "margin", solver, high=1.0, low_open=False)
-        integer(self.reference_samples, f"{solver}: reference_samples", 0)
-
 
 
 @register

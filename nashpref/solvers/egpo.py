@@ -36,17 +36,14 @@ def egpo_loss(log_prob: Tensor, log_prob_other: Tensor, ref: Tensor, ref_other: 
 
 @dataclasses.dataclass
 class Config(SolverConfig):
+    positive = ("eta",)
+
     eta: float | None = None
     """Exact dynamics: step η, with η·τ ≤ 1. None uses 1/(τ+1), the largest step for which the linear rate
     (1 − ητ)^t is guaranteed."""
     normalize_logprobs: bool = True
     """Sampled training: use length-normalised (mean per-token) log-probs for a = log π_θ − log μ, as the
     paper's LM code does. This is a no-op for tabular policies."""
-
-    def validate(self, solver: str) -> None:
-        if self.eta is not None:
-            check_number(self.eta, "eta", solver)
-
 
 
 @register

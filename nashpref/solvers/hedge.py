@@ -46,6 +46,10 @@ class HedgeSolver(Solver):
     iterate = "average"
     needs_tau = False
 
+    def __init__(self, config=None):
+        super().__init__(config)
+        check_target_gap(self.config.target_gap, self.name)
+
     def default_iterations(self, game: PreferenceGame) -> int:
         return hedge_horizon(game, self.config.target_gap)
 

@@ -43,14 +43,11 @@ def default_eta(tau: float) -> float:
 
 @dataclasses.dataclass
 class Config(SolverConfig):
+    positive = ("eta",)
+
     eta: float | None = None
     """Mirror-descent step η (the third-party LM code's 1/eta). None: τ/(τ² + ¼), which converges locally for
     every τ > 0. η·τ must be at most 1. For language models the 3rd-party setting is η·τ = 1/3, η ≈ 133."""
-
-    def validate(self, solver: str) -> None:
-        if self.eta is not None:
-            check_number(self.eta, "eta", solver)
-
 
 
 @register

@@ -19,9 +19,8 @@ import torch
 from torch import Tensor
 
 from nashpref.core.game import PreferenceGame
-from nashpref.errors import BadInput
 from nashpref.solvers.base import Batch, Policy, Round, Solver, SolverConfig, register, take
-from nashpref.solvers.checks import check_number, require_samples, require_tau, round_tau
+from nashpref.solvers.checks import require_samples, require_tau, round_tau
 from nashpref.solvers.losses import dpo_loss
 from nashpref.solvers.win_rates import preference_matrix
 
@@ -109,6 +108,10 @@ def _solve_positive_definite(matrix: Tensor, rhs: Tensor) -> Tensor:
 
 @dataclasses.dataclass
 class Config(SolverConfig):
+    positive = ("ridge",)
+    choices = {"reference": ("initial", "previous")}
+    bounded = {"label_smoothing": 0.5}
+
     reference: Literal["initial", "previous"] = "initial"
     """KL anchor of each round: 'initial' = μ (online iterative RLHF; its fixed point is a Gibbs policy),
     'previous' = π_t (the RLHF-Workflow recipe; the iterates drift to the argmax of the BT scores)."""
@@ -117,13 +120,6 @@ class Config(SolverConfig):
     deterministic preferences finite and biases every score by about this fraction."""
     label_smoothing: float = 0.1
     """Sampled training: cDPO label smoothing ε (RLHFlow uses 0.1; 0 is plain DPO)."""
-
-    def validate(self, solver: str) -> None:
-        if self.reference not in ("initial", "previous"):
-            raise BadInput(f"{solver}: reference must be 'initial' or 'previous', got {self.reference!r}")
-        check_number(self.ridge, "ridge", solver)
-        check_number(self.label_smoothing, "label_smoothing", solver, high=0.5, low_open=False)
-
 
 
 @register

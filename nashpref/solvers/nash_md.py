@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from nashpref.core.game import PreferenceGame
-from nashpref.errors import BadInput
+
 from nashpref.solvers.base import Batch, Policy, Round, Solver, SolverConfig, register
 from nashpref.solvers.checks import check_number, require_tau, round_tau
 from nashpref.solvers.online_ipo import online_ipo_loss
@@ -44,6 +44,10 @@ def mixture(game: PreferenceGame, log_pi: Tensor, weight: float) -> Tensor:
 
 @dataclasses.dataclass
 class Config(SolverConfig):
+    positive = ("eta",)
+    choices = {"loss": ("pg", "ipo")}
+    bounded = {"mixture": 1.0}
+
     eta: float | None = None
     """Exact dynamics: a constant step η (η·τ ≤ 1), which only reaches an O(η/τ) neighbourhood of π*. None uses
     the decaying η_t = 2/(τ(t+2)), which carries the bound KL(π*‖π_T) ≤ 8/(τ²(T+1))."""
@@ -53,14 +57,6 @@ class Config(SolverConfig):
     loss: Literal["pg", "ipo"] = "pg"
     """Sampled loss: 'pg' is Nash-MD-PG (y ~ π_t against y' from the mixture); 'ipo' is IPO-MD (both from the
     mixture, squared IPO loss)."""
-
-    def validate(self, solver: str) -> None:
-        if self.eta is not None:
-            check_number(self.eta, "eta", solver)
-        check_number(self.mixture, "mixture", solver, high=1.0, low_open=False)
-        if self.loss not in ("pg", "ipo"):
-            raise BadInput(f"{solver}: loss must be 'pg' or 'ipo', got {self.loss!r}")
-
 
 
 @register

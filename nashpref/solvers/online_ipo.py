@@ -21,7 +21,7 @@ from torch import Tensor
 
 from nashpref.core.game import PreferenceGame
 from nashpref.solvers.base import Batch, Policy, Round, Solver, SolverConfig, register
-from nashpref.solvers.checks import check_number, require_tau, round_tau
+from nashpref.solvers.checks import require_tau, round_tau
 from nashpref.solvers.losses import log_ratio_regression
 
 DEFAULT_LR_SCALE = 10.0          # lr = s·τ²/(1 + s·τ²), well inside the stability region (bench/solvers.md)
@@ -48,14 +48,11 @@ def default_lr(tau: float) -> float:
 
 @dataclasses.dataclass
 class Config(SolverConfig):
+    positive = ("lr",)
+
     lr: float | None = None
     """Exact dynamics: gradient-descent step on the logits of the population loss. None uses 10τ²/(1+10τ²),
     which is stable for every τ > 0 on the games tested. Sampled training uses the loop's --lr instead."""
-
-    def validate(self, solver: str) -> None:
-        if self.lr is not None:
-            check_number(self.lr, "lr", solver)
-
 
 
 @register

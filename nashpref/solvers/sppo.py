@@ -19,13 +19,11 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor
 
-from nashpref.checks import integer
 from nashpref.core.game import PreferenceGame
-from nashpref.errors import BadInput
 from nashpref.solvers.base import Batch, Policy, Round, SolverConfig, register, take
-from nashpref.solvers.checks import check_number, require_samples
+from nashpref.solvers.checks import require_samples
 from nashpref.solvers.coverage import compact, distinct_weights
-from nashpref.solvers.hedge import HedgeSolver, check_target_gap
+from nashpref.solvers.hedge import HedgeSolver
 from nashpref.solvers.win_rates import preference_matrix, reference_entries
 
 SAMPLED_ETA = 1.0
@@ -50,6 +48,10 @@ def sppo_context_loss(log_prob: Tensor, log_prob_previous: Tensor, win_rate: Ten
 
 @dataclasses.dataclass
 class Config(SolverConfig):
+    positive = ("eta",)
+    choices = {"pairs": ("all", "best-worst"), "log_partition": ("half", "fit")}
+    counts = ("reference_samples",)
+
     eta: float | None = None
     """Step size η of π_{t+1} ∝ π_t exp(η P(y ≻ π_t)) (the SPPO code's beta is 1/η). None: exact dynamics use
     the Hedge step √(8 log(1/min μ)/T) for the default horizon T. Sampled training uses 1.0, which is neutral
@@ -74,17 +76,6 @@ class Config(SolverConfig):
     """Sampled training on action ids: each distinct response counts once, and the loss is summed over distinct
     responses and contexts, so SGD with lr ½ solves a 'fit' round in one step. Ignored for language-model
     responses (never repeated)."""
-
-    def validate(self, solver: str) -> None:
-        if self.eta is not None:
-            check_number(self.eta, "eta", solver)
-        check_target_gap(self.target_gap, solver)
-        if self.pairs not in ("all", "best-worst"):
-            raise BadInput(f"{solver}: pairs must be 'all' or 'best-worst', got {self.pairs!r}")
-        integer(self.reference_samples, f"{solver}: reference_samples", 0)
-        if self.log_partition not in ("half", "fit"):
-            raise BadInput(f"{solver}: log_partition must be 'half' or 'fit', got {self.log_partition!r}")
-
 
 
 @register

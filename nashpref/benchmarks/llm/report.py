@@ -7,6 +7,7 @@ import os
 import platform
 import statistics
 from pathlib import Path
+from typing import IO
 
 import torch
 
@@ -140,7 +141,7 @@ def report(config: LLMBenchConfig, budget: Budget, meta: dict, summary: dict, ev
     return "\n".join(lines) + "\n"
 
 
-def plot(summary: dict, evaluation: dict, path: Path) -> None:
+def plot(summary: dict, evaluation: dict, path: Path | IO) -> None:
     """Four panels: win-rates, exploitability, style shares, time per iteration."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -195,6 +196,6 @@ def plot(summary: dict, evaluation: dict, path: Path) -> None:
     ax.legend()
     for ax in (axes[0, 0], axes[0, 1], axes[1, 1]):
         ax.set_xticks(list(x), methods, rotation=30, ha="right")
-    FigureCanvasAgg(figure).print_png(str(path))
+    FigureCanvasAgg(figure).print_png(path)
 
 

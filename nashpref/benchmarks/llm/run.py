@@ -29,7 +29,6 @@ import os
 import random
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ from nashpref.benchmarks.llm.config import Budget, LLMBenchConfig, resolve_budge
 from nashpref.benchmarks.llm.report import BASELINE, ORACLE, machine, plot, report, summarise
 from nashpref.benchmarks.llm.setup import build_setup, describe_responses, styled_response
 from nashpref.errors import BadInput
+from nashpref.io import atomic_write
 from nashpref.lm.build import sampler_kind
 
 
@@ -277,17 +277,7 @@ def run_bench_llm(config: LLMBenchConfig, command: str | None = None) -> Path:
     results = {"meta": meta, "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
                "budget": asdict(budget), "setup": setup_info, "summary": summary, "evaluation": evaluation,
                "runs": {f"{m}/seed-{s}": r for (m, s), r in rows.items()}}
-    publish(out / "results.json", json.dumps(results, indent=1) + "\n")
-    with tempfile.TemporaryDirectory(dir=out) as tmp:
-        plot(summary, evaluation, Path(tmp) / "llm.png")
-        os.replace(Path(tmp) / "llm.png", out / "llm.png")
-    publish(out / "README.md", report(config, budget, meta, summary, evaluation, setup_info))
+    atomic_write(out / "results.json", json.dumps(results, indent=1) + "\n")
+    atomic_write(out / "llm.png", lambda handle: plot(summary, evaluation, handle))
+    atomic_write(out / "README.md", report(config, budget, meta, summary, evaluation, setup_info))
     return out / "README.md"
-
-
-def publish(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
