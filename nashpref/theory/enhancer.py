@@ -103,7 +103,8 @@ def enhancer(bandit: LinearBandit, main: Tensor, sigma: Tensor, budget: float, m
 
 def tilt_value(bandit: LinearBandit, main: Tensor, sigma: Tensor, budget: float, v: Tensor,
                model: str = "bt") -> Tensor:
-    """‖w(π_v)‖_{Σ⁻¹} for the tilt π_v of direction v (D,): a feasible point, hence a lower bound on the optimum."""
+    """‖w(π_v)‖_{Σ⁻¹} for the tilts π_v of directions v (K, D): feasible points, so lower bounds on the optimum;
+    (K, C)."""
     G, g = affine_map(bandit, main, model)
-    pi = kl_tilt(torch.log(main), torch.einsum("cnd,d->cn", G, v), budget)
-    return uncertainty(torch.linalg.inv(sigma), torch.einsum("cn,cnd->cd", pi, G) + g)
+    pi = kl_tilt(torch.log(main), torch.einsum("cnd,kd->kcn", G, v), budget)
+    return uncertainty(torch.linalg.inv(sigma), torch.einsum("kcn,cnd->kcd", pi, G) + g)

@@ -41,7 +41,7 @@ class OnlineConfig:
     rounds: int = 10
     pairs_per_round: int = 64
     lam: float = 1.0
-    budget: float = 1.0
+    budget: float = 2.0
 
 
 def fit_model(bandit: LinearBandit, pairs: Pairs, model: Model, lam: float) -> LogisticFit:
