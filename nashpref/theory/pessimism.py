@@ -14,12 +14,15 @@ Each policy is the Gibbs policy μ exp(r/τ)/Z of its reward; it is then scored 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
-from nashpref.theory.bandit import LinearBandit
+from nashpref.game import DTYPE
+from nashpref.theory.bandit import LinearBandit, random_bandit
 from nashpref.theory.enhancer import uncertainty
-from nashpref.theory.mle import LogisticFit, Pairs, fit_bt
+from nashpref.theory.mle import LogisticFit, Pairs, fit_bt, sample_pairs
 
 
 def anchored_features(bandit: LinearBandit, anchor: Tensor) -> Tensor:
@@ -70,3 +73,45 @@ def offline_values(bandit: LinearBandit, theta: Tensor, pairs: Pairs, behaviour:
     }
     return {name: bandit.value(pi, r).item() for name, pi in policies.items()} | {
         "optimal": bandit.optimal_value(r).item()}
+
+
+# ---- the experiment: offline data from a narrow behaviour policy --------------------------------------------------
+@dataclass(frozen=True)
+class OfflineSpec:
+    """Each seed's instance: φ ~ N(0, I/d), μ uniform, θ ~ truth_scale·N(0, I), and a behaviour policy
+    ν = softmax(skill·z(r) + noise·N(0, 1)) (z: the rewards standardised) that leans towards good actions and
+    covers few: the usual offline RLHF data, drawn from a decent but narrow model. ``pairs`` comparisons
+    (x uniform, a, b ~ ν)."""
+
+    contexts: int = 5
+    actions: int = 8
+    dim: int = 4
+    tau: float = 0.02
+    truth_scale: float = 1.0
+    skill: float = 2.0
+    noise: float = 1.0
+    pairs: int = 30
+
+
+def make_offline(spec: OfflineSpec, seed: int) -> tuple[LinearBandit, Tensor, Tensor, Pairs]:
+    """(bandit, θ, ν, pairs) for one seed."""
+    g = torch.Generator().manual_seed(seed)
+    bandit = random_bandit(spec.contexts, spec.actions, spec.dim, spec.tau, g)
+    theta = spec.truth_scale * torch.randn(spec.dim, generator=g, dtype=DTYPE)
+    r = bandit.rewards(theta)
+    z = (r - r.mean(-1, keepdim=True)) / r.std()
+    behaviour = torch.softmax(spec.skill * z + spec.noise * torch.randn(r.shape, generator=g, dtype=DTYPE), -1)
+    return bandit, theta, behaviour, sample_pairs(bandit.bt_preference(theta), behaviour, behaviour, spec.pairs, g)
+
+
+def run_offline_seeds(spec: OfflineSpec, seeds, *, lam: float = 1.0, beta: float = 1.0, k: int = 10,
+                      on_run=None) -> list[dict[str, float]]:
+    """offline_values for each seed (the bootstrap draws from generator seed 10⁶ + s)."""
+    rows = []
+    for seed in seeds:
+        bandit, theta, behaviour, pairs = make_offline(spec, seed)
+        rows.append({"seed": seed} | offline_values(bandit, theta, pairs, behaviour, lam=lam, beta=beta, k=k,
+                                                    generator=torch.Generator().manual_seed(1_000_000 + seed)))
+        if on_run is not None:
+            on_run()
+    return rows
