@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from nashpref.game import DTYPE, kl_divergence
+from nashpref.core.game import DTYPE, kl_divergence
 from nashpref.theory.bandit import random_bandit
 from nashpref.theory.enhancer import affine_map, enhancer, kl_tilt, tilt_value, uncertainty
 from nashpref.theory.mle import sample_pairs, fit_bt, fit_skew

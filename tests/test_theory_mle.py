@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy.optimize import minimize
 
-from nashpref.game import DTYPE
+from nashpref.core.game import DTYPE
 from nashpref.theory.bandit import LinearBandit, random_bandit, random_skew
 from nashpref.theory.mle import (Pairs, bt_features, fisher_information, fit_bt, fit_logistic, fit_skew,
                                  sample_pairs, skew_features, skew_from_vector, skew_to_vector)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy.stats import t as student
 
-from nashpref.game import DTYPE, kl_divergence
+from nashpref.core.game import DTYPE, kl_divergence
 from nashpref.theory.mle import LogisticFit, skew_to_vector
 from nashpref.theory.online import InstanceSpec, OnlineConfig, main_policy, make_instance, run_seeds, score
 

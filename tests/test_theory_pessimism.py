@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from scipy.stats import t as student
 
-from nashpref.game import DTYPE
+from nashpref.core.game import DTYPE
 from nashpref.theory.mle import fit_bt
 from nashpref.theory.pessimism import (OfflineSpec, bootstrap_fits, ensemble_rewards, lcb_rewards, make_offline,
                                        mle_rewards, run_offline_seeds)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from nashpref.game import DTYPE, PreferenceGame, as_tensor, gibbs, kl_divergence
+from nashpref.core.game import DTYPE, PreferenceGame, as_tensor, gibbs, kl_divergence
 
 
 def sigmoid_pair(logits: Tensor) -> Tensor:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from nashpref.game import DTYPE, kl_divergence
+from nashpref.core.game import DTYPE, kl_divergence
 from nashpref.theory.bandit import LinearBandit
 from nashpref.theory.mle import bilinear_pair_features
 

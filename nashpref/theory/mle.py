@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from nashpref.game import DTYPE
+from nashpref.core.game import DTYPE
 from nashpref.theory.bandit import LinearBandit
 
 

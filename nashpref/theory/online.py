@@ -23,8 +23,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from nashpref.equilibrium import solve_equilibrium
-from nashpref.game import DTYPE
+from nashpref.core.equilibrium import solve_equilibrium
+from nashpref.core.game import DTYPE
 from nashpref.theory.bandit import LinearBandit, random_bandit, random_skew
 from nashpref.theory.enhancer import enhancer
 from nashpref.theory.mle import LogisticFit, Pairs, fit_bt, fit_skew, sample_pairs, skew_from_vector

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from nashpref.game import DTYPE
+from nashpref.core.game import DTYPE
 from nashpref.theory.bandit import LinearBandit, random_bandit
 from nashpref.theory.enhancer import uncertainty
 from nashpref.theory.mle import LogisticFit, Pairs, fit_bt, sample_pairs
