@@ -1,5 +1,5 @@
 """The ``nashpref`` command line (tyro): one module per subcommand — ``equilibrium``, ``solve``, ``games``,
-``train``, ``fit-preference`` and ``bench tabular`` / ``bench llm``.
+``train``, ``fit-preference``, ``bench tabular`` / ``bench llm`` and ``theory …``.
 
 The solver choices and every solver's own options (``--<solver>.<field>``) are built from
 ``nashpref.solvers.REGISTRY``; no command knows a solver by name. Bad input of any kind (``nashpref.errors``) ends
@@ -20,6 +20,7 @@ from nashpref.cli.bench import BENCH_RUNNERS, Bench
 from nashpref.cli.equilibrium import Equilibrium, run_equilibrium
 from nashpref.cli.games import Games, run_games
 from nashpref.cli.solve import build_solve_command, run_solve
+from nashpref.cli.theory import Theory, run_theory
 from nashpref.cli.train import build_train_command, run_fit_preference_command, run_train_command
 from nashpref.cli.tyro_errors import summarise_tyro_error
 from nashpref.errors import EXIT_BAD_INPUT, NashprefError, UsageError, one_line
@@ -31,7 +32,8 @@ DESCRIPTION = ("nashpref: Nash learning from human feedback. Exact equilibria of
 
 def commands() -> dict[str, type]:
     return {"equilibrium": Equilibrium, "solve": build_solve_command(), "games": Games,
-            "train": build_train_command(), "fit-preference": FitPreferenceConfig, "bench": Bench}
+            "train": build_train_command(), "fit-preference": FitPreferenceConfig, "bench": Bench,
+            "theory": Theory}
 
 
 def parse(argv: Sequence[str]):
@@ -51,7 +53,7 @@ def parse(argv: Sequence[str]):
 
 
 RUNNERS: dict[str, Callable] = {"Equilibrium": run_equilibrium, "Solve": run_solve, "Games": run_games,
-                                "Train": run_train_command, "FitPreferenceConfig": run_fit_preference_command}
+                                "Train": run_train_command, "FitPreferenceConfig": run_fit_preference_command, "Theory": run_theory}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -98,11 +98,17 @@ class InstanceSpec:
     reference that covers a few actions only), truth θ ~ truth_scale·N(0, I) or A = truth_scale·(G − Gᵀ)/√2."""
 
     contexts: int = 5
+    """Contexts C."""
     actions: int = 8
+    """Actions N per context."""
     dim: int = 4
+    """Feature dimension d."""
     tau: float = 0.05
+    """KL strength τ > 0."""
     reference_scale: float = 3.0
+    """μ = softmax(reference_scale · N(0, 1)): larger covers fewer actions."""
     truth_scale: float = 3.0
+    """Size of the true θ or A."""
 
 
 def make_instance(spec: InstanceSpec, model: Model, seed: int) -> tuple[LinearBandit, Tensor]:

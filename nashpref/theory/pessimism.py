@@ -84,13 +84,21 @@ class OfflineSpec:
     (x uniform, a, b ~ ν)."""
 
     contexts: int = 5
+    """Contexts C."""
     actions: int = 8
+    """Actions N per context."""
     dim: int = 4
+    """Feature dimension d."""
     tau: float = 0.02
+    """KL strength τ > 0."""
     truth_scale: float = 1.0
+    """θ ~ truth_scale · N(0, I)."""
     skill: float = 2.0
+    """How strongly the behaviour policy follows the true reward."""
     noise: float = 1.0
+    """Noise in the behaviour policy's logits."""
     pairs: int = 30
+    """Offline comparisons."""
 
 
 def make_offline(spec: OfflineSpec, seed: int) -> tuple[LinearBandit, Tensor, Tensor, Pairs]:
