@@ -20,7 +20,7 @@ from nashpref.theory import plots
 from nashpref.theory.bandit import random_bandit, random_skew
 from nashpref.theory.logodds import log_odds_gap, solve_log_odds
 from nashpref.theory.mle import fit_bt, fit_skew, sample_pairs, skew_to_vector
-from nashpref.theory.online import STRATEGIES, InstanceSpec, OnlineConfig, run_seeds
+from nashpref.theory.online import LABELS, STRATEGIES, InstanceSpec, OnlineConfig, run_seeds
 from nashpref.theory.pessimism import OfflineSpec, run_offline_seeds
 
 Files = dict[str, "bytes | str | Callable[[Path], None]"]
@@ -97,12 +97,12 @@ def run_explore(cfg: ExploreSettings, tick: Tick = None) -> tuple[dict, Files]:
     final = {s: np.array([run[-1] for run in runs]) for s, runs in scores.items()}
     paired = {s: interval(final["explore"] - final[s]) for s in STRATEGIES if s != "explore"}
     what = "suboptimality J(π*) − J(π)" if cfg.model == "bt" else "duality gap of the true τ-game"
-    rows = [[s, fmt(curves[s][-1]["mean"], curves[s][-1]["ci95"]),
+    rows = [[LABELS[s], fmt(curves[s][-1]["mean"], curves[s][-1]["ci95"]),
              "–" if s == "explore" else fmt(paired[s]["mean"], paired[s]["ci95"])] for s in STRATEGIES]
     table = markdown_table(["strategy", f"final {what} (mean ± 95% CI)", "explore − this (paired)"], rows)
     summary = {"settings": asdict(cfg), "curves": curves, "paired_final_difference": paired, "scores": scores}
     files: Files = {"results.json": summary, "README.md": table + "\n",
-                    "explore.png": lambda p: plots.rounds_plot(p, curves, what, cfg.pairs_per_round)}
+                    "explore.png": lambda p: plots.rounds_plot(p, curves, what, cfg.pairs_per_round, LABELS)}
     return summary | {"table": table}, files
 
 

@@ -32,6 +32,8 @@ from nashpref.theory.mle import LogisticFit, Pairs, fit_bt, fit_skew, sample_pai
 Model = Literal["bt", "skew"]
 Strategy = Literal["explore", "greedy", "passive"]
 STRATEGIES: tuple[str, ...] = ("explore", "greedy", "passive")
+LABELS = {"explore": "explore (main vs enhancer)", "greedy": "greedy = iterative DPO (main vs main)",
+          "passive": "passive = no exploration (μ vs μ)"}
 
 
 @dataclass(frozen=True)

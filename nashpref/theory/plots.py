@@ -17,7 +17,8 @@ def _save(fig: Figure, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def rounds_plot(path: Path, curves: dict[str, list[dict]], what: str, pairs_per_round: int) -> None:
+def rounds_plot(path: Path, curves: dict[str, list[dict]], what: str, pairs_per_round: int,
+                labels: dict[str, str]) -> None:
     """Mean and 95% band over seeds of the score per round, one line per strategy (log y)."""
     fig = Figure(figsize=(6.4, 4.2))
     ax = fig.add_subplot()
@@ -25,7 +26,7 @@ def rounds_plot(path: Path, curves: dict[str, list[dict]], what: str, pairs_per_
         x = np.arange(len(rows)) * pairs_per_round
         mean = np.array([r["mean"] for r in rows])
         half = np.nan_to_num(np.array([r["ci95"] for r in rows]))
-        ax.plot(x, mean, marker=MARKERS[k], label=name)
+        ax.plot(x, mean, marker=MARKERS[k], label=labels.get(name, name))
         ax.fill_between(x, np.clip(mean - half, mean * 1e-3, None), mean + half, alpha=0.2)
     ax.set_yscale("log")
     ax.set_xlabel("comparisons collected")
