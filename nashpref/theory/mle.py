@@ -98,29 +98,33 @@ class LogisticFit:
     grad_norm: float    # ‖∇‖∞ of the penalised objective at w
 
 
-def fit_logistic(Z: Tensor, y: Tensor, lam: float, max_steps: int = 100) -> LogisticFit:
-    """Ridge logistic MLE by damped Newton (Armijo backtracking on the objective); stops at the rounding floor."""
+def fit_logistic(Z: Tensor, y: Tensor, lam: float, max_steps: int = 100, weights: Tensor | None = None,
+                 start: Tensor | None = None) -> LogisticFit:
+    """Ridge logistic MLE by damped Newton (Armijo backtracking on the objective); stops at the rounding floor.
+    ``weights`` γ_k ≥ 0 weight each comparison's log-likelihood (EM's M-step); Σ then sums γ_k z_k z_kᵀ."""
     n, D = Z.shape
+    gamma = torch.ones(n, dtype=DTYPE) if weights is None else weights
     if not lam > 0:
         raise ValueError(f"the ridge λ must be > 0 (Σ must be invertible), got {lam!r}")
     eye = torch.eye(D, dtype=DTYPE)
 
     def loss(w: Tensor) -> Tensor:
         s = Z @ w
-        return (torch.nn.functional.softplus(s) - y * s).sum() + 0.5 * lam * w @ w
+        return (gamma * (torch.nn.functional.softplus(s) - y * s)).sum() + 0.5 * lam * w @ w
 
-    w = torch.zeros(D, dtype=DTYPE)
+    w = torch.zeros(D, dtype=DTYPE) if start is None else start.clone()
     f = loss(w)
     # the floor: each of the n terms of the gradient carries ~eps·‖z‖ of rounding
-    floor = 16 * torch.finfo(DTYPE).eps * max(1.0, float(Z.abs().sum(0).max()) if n else 1.0)
+    scale = float((gamma.unsqueeze(-1) * Z.abs()).sum(0).max()) if n else 1.0
+    floor = 16 * torch.finfo(DTYPE).eps * max(1.0, scale)
     grad = torch.zeros(D, dtype=DTYPE)
     steps = 0
     for steps in range(max_steps):
         p = torch.sigmoid(Z @ w)
-        grad = Z.T @ (p - y) + lam * w
+        grad = Z.T @ (gamma * (p - y)) + lam * w
         if grad.abs().max() <= floor:
             break
-        H = (Z * (p * (1 - p)).unsqueeze(-1)).T @ Z + lam * eye
+        H = (Z * (gamma * p * (1 - p)).unsqueeze(-1)).T @ Z + lam * eye
         delta = torch.linalg.solve(H, -grad)
         slope = grad @ delta
         t = 1.0
@@ -132,7 +136,7 @@ def fit_logistic(Z: Tensor, y: Tensor, lam: float, max_steps: int = 100) -> Logi
         if candidate >= f and t < 1e-12:    # no descent left at this precision
             break
         w, f = w + t * delta, candidate
-    sigma = lam * eye + Z.T @ Z
+    sigma = lam * eye + (Z * gamma.unsqueeze(-1)).T @ Z
     return LogisticFit(w=w, sigma=sigma, steps=steps, grad_norm=float(grad.abs().max()))
 
 
