@@ -1,5 +1,5 @@
-"""`nashpref theory {explore,pessimism,payoff,recovery}`: the theory experiments on linear contextual bandits
-(nashpref.theory), each writing results.json, README.md (its table) and a plot to --out."""
+"""`nashpref theory {explore,pessimism,payoff,recovery,maxmin}`: the theory experiments on linear contextual bandits
+(nashpref.theory), each writing results.json, README.md (its table) and, where it helps, a plot to --out."""
 
 from __future__ import annotations
 
@@ -48,12 +48,22 @@ class Recovery(ex.RecoverySettings):
     """Output directory; created only when everything succeeded."""
 
 
+@dataclasses.dataclass(kw_only=True)
+class Maxmin(ex.MaxminSettings):
+    """Max-min alignment over user groups learnt by EM from unlabelled users' comparisons, against one pooled BT
+    reward: the true utility of the worst-off group."""
+
+    out: Path
+    """Output directory; created only when everything succeeded."""
+
+
 def _described(cls, name: str):
     return Annotated[cls, tyro.conf.subcommand(name, description=" ".join(cls.__doc__.split()))]
 
 
 TheoryCommand = Union[_described(Explore, "explore"), _described(Pessimism, "pessimism"),
-                      _described(Payoff, "payoff"), _described(Recovery, "recovery")]
+                      _described(Payoff, "payoff"), _described(Recovery, "recovery"),
+                      _described(Maxmin, "maxmin")]
 
 
 @dataclasses.dataclass
@@ -66,7 +76,8 @@ class Theory:
 
 
 RUNS = {Explore: (ex.run_explore, lambda c: c.seeds * 3), Pessimism: (ex.run_pessimism, lambda c: c.seeds),
-        Payoff: (ex.run_payoff, lambda c: len(c.games)), Recovery: (ex.run_recovery, lambda c: 2 * len(c.sizes))}
+        Payoff: (ex.run_payoff, lambda c: len(c.games)), Recovery: (ex.run_recovery, lambda c: 2 * len(c.sizes)),
+        Maxmin: (ex.run_maxmin, lambda c: c.seeds)}
 
 
 def run_theory(cmd: Theory) -> int:
