@@ -24,7 +24,9 @@ class TrainConfig:
     preference: str
     """Preference oracle P(a ≻ b | x): reward:PATH (Bradley-Terry over a reward model), pairwise:PATH (a pairwise
     classifier read in both orders), judge:PATH (an instruction model, position-swapped), rule:NAME (length, warm,
-    cyclic) or python:FILE.py:NAME (your function (prompts, a, b) -> list of P(a ≻ b))."""
+    cyclic), python:FILE.py:NAME (your function (prompts, a, b) -> list of P(a ≻ b)), mix:W1=SPEC1;W2=SPEC2 (a
+    weighted mixture of oracles) or ensemble:min:PATH1,PATH2 / ensemble:mean-std@C:PATH1,PATH2 (reward models
+    aggregated pessimistically, then Bradley-Terry)."""
     prompts: str
     """Prompts: a local .jsonl / .json / .parquet / .csv file or a hub dataset id."""
     solver: str
