@@ -12,7 +12,7 @@ import torch
 
 from nashpref.core.equilibrium import solve_equilibrium
 from nashpref.core.game import DTYPE, PreferenceGame
-from nashpref.core.gamefile import bradley_terry, load_game
+from nashpref.core.gamefile import bradley_terry, games_dir, load_game
 from nashpref.errors import GameError
 from nashpref.theory.logodds import bradley_terry_gibbs, equivalent_game, log_odds, log_odds_gap, solve_log_odds
 
@@ -75,3 +75,23 @@ def test_a_symmetric_cycle_with_uniform_reference_has_the_same_equilibrium_under
 def test_certain_preferences_have_no_log_odds():
     with pytest.raises(GameError, match="strictly inside"):
         log_odds(torch.tensor([[0.5, 1.0], [0.0, 0.5]], dtype=DTYPE))
+
+
+def test_game_file_payoff_key(tmp_path):
+    text = (games_dir() / "bt-mixture.toml").read_text()
+    path = tmp_path / "bt-mixture-log-odds.toml"
+    path.write_text('payoff = "log-odds"\n' + text)
+    played = load_game(str(path), tau=0.05)
+    game = load_game("bt-mixture", tau=0.05)
+    expected, c = equivalent_game(game)
+    assert torch.equal(played.P, expected.P) and played.tau == 0.05 * c
+    # the file's game has the log-odds equilibrium, whichever solver runs on it
+    pi = solve_equilibrium(played).policy
+    assert log_odds_gap(game, pi).max() <= 1e-10 / c
+    path.write_text('payoff = "odds"\n' + text)
+    with pytest.raises(GameError, match="'payoff' must be one of probability, log-odds"):
+        load_game(str(path))
+    rps = games_dir() / "rps.toml"
+    path.write_text('payoff = "log-odds"\n' + rps.read_text())
+    with pytest.raises(GameError, match="strictly inside"):
+        load_game(str(path))

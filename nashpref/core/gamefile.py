@@ -27,7 +27,8 @@ from nashpref.errors import GameError
 from nashpref.core.game import PreferenceGame, validate_matrix, validate_reference, validate_tau, as_tensor
 
 DEFAULT_TAU = 0.1
-GAME_KEYS = {"name", "description", "tau", "actions", "reference", "preference", "context"}
+GAME_KEYS = {"name", "description", "tau", "actions", "reference", "preference", "context", "payoff"}
+PAYOFFS = ("probability", "log-odds")
 CONTEXT_KEYS = {"reference", "preference", "repeat"}
 PREFERENCE_KEYS = {
     "matrix": {"matrix"},
@@ -138,8 +139,19 @@ def build_game(data: dict, where: str, default_name: str = "game", tau: float | 
             raise GameError(f"{where}: {len(actions)} action labels for {n} actions")
         if len(set(actions)) != n:
             raise GameError(f"{where}: action labels must be distinct")
-    return PreferenceGame.create(np.stack(matrices), np.stack(references), tau, name=name, actions=actions,
+    payoff = data.get("payoff", "probability")
+    if payoff not in PAYOFFS:
+        raise GameError(f"{where}: 'payoff' must be one of {', '.join(PAYOFFS)}, got {payoff!r}")
+    game = PreferenceGame.create(np.stack(matrices), np.stack(references), tau, name=name, actions=actions,
                                  description=description, where=where)
+    if payoff == "log-odds":    # the probability game with the log-odds game's equilibrium (gaps scaled by c)
+        from nashpref.theory.logodds import equivalent_game
+
+        try:
+            game = equivalent_game(game)[0]
+        except GameError as err:
+            raise GameError(f"{where}: {err}") from None
+    return game
 
 
 # ---- preferences ------------------------------------------------------------------------------------------------

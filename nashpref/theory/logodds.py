@@ -37,7 +37,10 @@ def equivalent_game(game: PreferenceGame) -> tuple[PreferenceGame, float]:
     R = log_odds(game.P)
     top = R.abs().max().item()
     c = 1.0 if top == 0 else 1.0 / (2 * top)
-    return PreferenceGame.create(0.5 + c * R, game.mu, c * game.tau, name=f"{game.name} (log-odds)"), c
+    note = (f"Log-odds payoff R = log(P/(1 − P)), played as the probability game ½ + cR at τ' = cτ with "
+            f"c = {c!r} (τ = {game.tau!r}): same equilibrium; every gap is c × the log-odds gap.")
+    return PreferenceGame.create(0.5 + c * R, game.mu, c * game.tau, name=f"{game.name} (log-odds)",
+                                 actions=game.actions, description=f"{game.description} {note}".strip()), c
 
 
 def log_odds_gap(game: PreferenceGame, pi: Tensor) -> Tensor:
