@@ -7,7 +7,7 @@ carry their prompts, and the answer is (B, M). Probabilities are float32 on the 
 Prompts are what the prompt dataset holds: plain text or a list of chat messages ({"role", "content"}).
 
 Each oracle class names its KIND (``prefix``) and builds itself from ARG (``from_spec``); ``@register`` adds it to
-``REGISTRY``. This module imports none of them: ``nashpref.preferences`` does, and loads a spec.
+``REGISTRY``. This module imports none of them: ``nashpref.preferences`` does; ``load_text_oracle`` loads a spec.
 """
 
 from __future__ import annotations
@@ -119,3 +119,16 @@ def register(cls: type[TextOracle]) -> type[TextOracle]:
     """Class decorator: ``--preference <cls.prefix>:ARG`` builds ``cls.from_spec(ARG, ...)``."""
     REGISTRY[cls.prefix] = cls
     return cls
+
+
+def load_text_oracle(spec: str, *, device: str | None = None, dtype: str = "auto") -> TextOracle:
+    """An oracle from ``reward:PATH``, ``pairwise:PATH``, ``judge:PATH``, ``rule:NAME``, ``python:FILE.py:NAME``,
+    ``mix:W=SPEC;…``, ``ensemble:AGG:PATH,…`` (or any other registered
+    KIND); the kinds are registered when ``nashpref.preferences`` is imported."""
+    kind, sep, arg = spec.partition(":")
+    kinds = ", ".join(REGISTRY)
+    if not sep or not arg:
+        raise BadInput(f"--preference {spec!r}: expected KIND:ARG with KIND one of {kinds}")
+    if kind not in REGISTRY:
+        raise BadInput(f"--preference {spec!r}: unknown kind {kind!r}; use one of {kinds}")
+    return REGISTRY[kind].from_spec(arg, device=device, dtype=dtype)

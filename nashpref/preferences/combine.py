@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from nashpref.errors import BadInput
-from nashpref.preferences.base import Prompt, TextOracle, check_lengths, register
+from nashpref.preferences.base import Prompt, TextOracle, check_lengths, load_text_oracle, register
 from nashpref.preferences.reward import RewardOracle
 
 
@@ -34,8 +34,6 @@ class MixtureOracle(TextOracle):
 
     @classmethod
     def from_spec(cls, arg: str, *, device: str | None = None, dtype: str = "auto") -> "MixtureOracle":
-        from nashpref.preferences import load_text_oracle
-
         oracles, weights = [], []
         for part in arg.split(";"):
             weight, sep, spec = part.partition("=")

@@ -11,6 +11,7 @@ from typing import Callable, Literal
 import numpy as np
 import torch
 
+from nashpref import checks
 from nashpref.benchmarks.stats import mean_ci
 from nashpref.core.equilibrium import solve_equilibrium
 from nashpref.core.game import DTYPE
@@ -29,15 +30,11 @@ Tick = Callable[[], None] | None
 
 
 def require_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise UsageError(f"--{name.replace('_', '-')} must be an integer >= {minimum}, got {value!r}")
+    checks.integer(value, f"--{name.replace('_', '-')}", minimum, error=UsageError)
 
 
 def require_positive(name: str, value, allow_zero: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < 0 or (value == 0 and not allow_zero):
-        raise UsageError(f"--{name.replace('_', '-')} must be a finite number {'>=' if allow_zero else '>'} 0, "
-                         f"got {value!r}")
+    checks.number(value, f"--{name.replace('_', '-')}", 0.0, low_open=not allow_zero, error=UsageError)
 
 
 def require_spec(prefix: str, spec) -> None:
