@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from nashpref.cli import main
 from nashpref.core.equilibrium import solve_equilibrium
