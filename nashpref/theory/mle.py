@@ -8,7 +8,7 @@ Both models are logistic regressions on a pair feature z(x, a, b) with P(a ≻ b
 
 The ridge MLE  ŵ = argmin Σ_k [log(1 + e^{wᵀz_k}) − y_k wᵀz_k] + (λ/2)‖w‖²  is strictly convex; damped Newton
 solves it to the gradient's rounding floor. The design covariance Σ = λI + Σ_k z_k z_kᵀ gives the confidence
-radius ‖z‖_{Σ⁻¹} used by exploration and pessimism (Xiong et al., Lemma on the MLE's confidence set).
+radius ‖z‖_{Σ⁻¹} used by exploration and pessimism (Zhu et al., arXiv 2301.11270; Xiong et al.).
 """
 
 from __future__ import annotations
