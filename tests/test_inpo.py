@@ -5,7 +5,6 @@ import math
 
 import pytest
 import torch
-from torch.testing import assert_close
 
 from nashpref.core.equilibrium import solve_equilibrium
 from nashpref.core.exact import run_exact
@@ -17,6 +16,7 @@ from nashpref.core.tabular import MatrixOracle
 from nashpref.sampled import SampledConfig, run_sampled
 from nashpref.selfplay import SelfPlayRound
 from nashpref.solvers.inpo import INPO, Config, default_eta, inpo_loss
+from nashpref.tolerance import assert_close, tolerance
 from conftest import Scripted, lbfgs_minimiser
 
 f64 = torch.float64
@@ -51,7 +51,8 @@ def test_solver_loss_of_a_batch_by_hand():
              "log_prob_reference": uniform, "tau": 0.5}
     loss, _ = INPO(Config(eta=1.0)).loss(batch, policy)
     # Δμ = Δt = 0, so h = log(0.5/0.3) = 0.5108256; label 1: (h − ½)² = 1.1740e-4
-    assert loss.item() == pytest.approx((math.log(5 / 3) - 0.5) ** 2, rel=1e-12)
+    assert loss.item() == pytest.approx((math.log(5 / 3) - 0.5) ** 2,
+                                        abs=tolerance(f64, scale=1.0, length=2))
 
 
 def test_one_exact_step_by_hand():
@@ -69,6 +70,7 @@ def test_last_iterate_converges_linearly_at_tau_0_1(name):
     star = solve_equilibrium(game).policy
     run = run_exact(game, INPO())                             # defaults only: η = τ/(τ²+¼) = 0.385, 599 steps
     assert run.iterations == 599
+    # convergence targets of the default budget (599 steps at a linear rate), not rounding
     assert game.gap(run.last_policies).max().item() <= 1e-12
     assert (run.last_policies - star).abs().sum(-1).max().item() <= 1e-9
     log_pi, solver, gaps = game.log_mu, INPO(), [game.gap(game.mu).max().item()]
@@ -83,7 +85,7 @@ def test_last_iterate_converges_linearly_at_tau_0_1(name):
 def test_default_step_converges_at_tau_0_01_where_the_constant_step_fails():
     game = load_game("egpo-random", tau=0.01)
     default = run_exact(game, INPO(), 35_000, log_points=2)    # η = 0.04 (the default budget is 57 588)
-    assert game.gap(default.last_policies).max().item() <= 1e-10       # observed 5e-11
+    assert game.gap(default.last_policies).max().item() <= 1e-10       # a convergence target; observed 5e-11
     constant = run_exact(game, INPO(Config(eta=1 / 1.01)), 3000, log_points=2)    # η = 1/(τ+1)
     assert game.gap(constant.last_policies).max().item() >= 0.5         # observed 0.82: no convergence
 
@@ -105,8 +107,9 @@ def test_local_rate_matches_the_jacobian_at_the_equilibrium():
         omega = torch.linalg.eigvals(half @ (game.P[c] - 0.5) @ half).imag
         assert omega.abs().max().item() <= 0.5
         predicted = torch.abs((1 - eta * 0.1) + 1j * eta * omega).max().item()
+        # eigenvalues of a non-symmetric 10×10 Jacobian: their conditioning (not eps) bounds the agreement
         assert torch.linalg.eigvals(jac).abs().max().item() == pytest.approx(predicted, rel=1e-9)
-        assert predicted ** 2 <= 1 - eta * 0.1 + 1e-12
+        assert predicted ** 2 <= 1 - eta * 0.1 + tolerance(f64, length=game.num_actions)
 
 
 def test_bad_settings_are_one_line_errors():
@@ -137,7 +140,7 @@ def test_population_minimiser_is_the_mirror_step():
 
     minimiser = lbfgs_minimiser(log_prev, loss)
     mirror = game.mirror_step(log_prev, game.win_rates(prev), eta).exp()
-    assert (minimiser - mirror).abs().sum(-1).max().item() <= 1e-7
+    assert (minimiser - mirror).abs().sum(-1).max().item() <= 1e-7       # LBFGS's accuracy, not rounding
 
 
 @pytest.mark.parametrize("name", ["weighted-rps", "egpo-random"])

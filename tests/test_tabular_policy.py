@@ -10,6 +10,7 @@ from scipy.stats import chisquare
 from nashpref.core.game import PreferenceGame
 from nashpref.core.tabular import TabularPolicy
 from nashpref.core.tabular import MatrixOracle
+from nashpref.tolerance import assert_close
 
 LOGITS = [[1.0, 2.0, 3.0], [0.5, -1.0, math.log(2.0)]]
 
@@ -27,7 +28,7 @@ def test_log_prob_equals_log_softmax_by_hand():
                                                                               responses.tolist())]
     got = policy.log_prob(contexts, responses)
     assert got.dtype == torch.float64 and got.shape == (3, 2)
-    torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64), rtol=0, atol=1e-15)
+    assert_close(got, torch.tensor(expected, dtype=torch.float64), length=3)   # a 3-term log-sum-exp
     # normalize is a no-op: a tabular response is one token.
     torch.testing.assert_close(policy.log_prob(contexts, responses, normalize=True), got, rtol=0, atol=0)
 
@@ -37,13 +38,13 @@ def test_log_prob_gradient_is_onehot_minus_pi():
     policy.log_prob(torch.tensor([0]), torch.tensor([[1]])).sum().backward()
     pi = [math.exp(x) for x in hand_log_softmax(LOGITS[0])]
     expected = [[-pi[0], 1 - pi[1], -pi[2]], [0.0, 0.0, 0.0]]
-    torch.testing.assert_close(policy.logits.grad, torch.tensor(expected, dtype=torch.float64), rtol=0, atol=1e-15)
+    assert_close(policy.logits.grad, torch.tensor(expected, dtype=torch.float64), scale=1.0, length=3)
 
 
 def test_initialised_at_reference_policy():
     mu = torch.tensor([[0.2, 0.3, 0.5]], dtype=torch.float64)
     policy = TabularPolicy(mu.log())
-    torch.testing.assert_close(policy.probabilities(), mu, rtol=0, atol=1e-15)
+    assert_close(policy.probabilities(), mu, scale=1.0, length=3)
 
 
 def sample_counts(draw, n_actions):
@@ -58,6 +59,7 @@ def test_sample_frequencies_match_policy_chi_square():
     for c in range(2):
         pi = np.exp(hand_log_softmax(LOGITS[c]))
         counts = sample_counts(draw[c], 3)
+        # p-value thresholds are statistical bounds: a false alarm has probability 1e-3
         assert chisquare(counts, 20_000 * pi).pvalue > 1e-3
         # The same test has power: the other context's distribution is rejected outright.
         other = np.exp(hand_log_softmax(LOGITS[1 - c]))
@@ -124,7 +126,7 @@ def test_matrix_oracle_reads_entries():
     # Context 0: P(r≻p) = ½ − a/2, P(p≻s) = ½ − c/2, P(s≻r) = ½ − b/2.
     # Context 1 is the transpose: P(r≻s) = ½ − b/2, P(s≻r) = ½ + b/2, and P(p≻p) = ½.
     expected = [[0.4, 0.0, 0.2], [0.2, 0.8, 0.5]]
-    torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64), rtol=0, atol=1e-15)
+    assert_close(got, torch.tensor(expected, dtype=torch.float64), scale=1.0)    # ½ ± x/2: one rounding
 
 
 def test_matrix_oracle_rejects_mismatched_shapes():
