@@ -53,6 +53,18 @@ def tolerance(dtype: Any = torch.float64, *, scale: float = 1.0, length: float =
     return ulps * eps(dtype) * scale * length
 
 
+def forward_length(config: Any, tokens: int) -> int:
+    """The reduction length of one transformer forward, for ``tolerance(length=...)``: per layer the q/k/v and
+    output projections (hidden each way), the MLP (hidden in, intermediate out) and attention over ``tokens``
+    positions, then the output head (hidden). ``config`` is a transformers config (only its sizes are read).
+
+    Errors of successive layers add (each layer's input is normalised, so each contributes relative rounding
+    of the same size), which is why the per-layer lengths are summed rather than multiplied."""
+    hidden = int(config.hidden_size)
+    inner = int(getattr(config, "intermediate_size", None) or 4 * hidden)
+    return int(config.num_hidden_layers) * (2 * hidden + inner + int(tokens)) + hidden
+
+
 def coarsest_eps(*values: Any) -> float:
     """The machine epsilon of the least precise floating-point value among ``values`` (integers count as exact)."""
     found = []

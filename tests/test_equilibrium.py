@@ -16,9 +16,11 @@ from nashpref.core.game import PreferenceGame
 from nashpref.core.gamefile import load_game
 from nashpref.tolerance import tolerance
 
+pytestmark = pytest.mark.numerics     # rounding-sensitive comparisons: CI reruns them with 2 threads
+
 # Most bounds here are accuracy targets of the solvers, not rounding (which nashpref.tolerance covers):
 NEWTON_GAP = 1e-12     # solve_equilibrium's stopping rule for τ > 0: gap ≤ tol = 1e-12
-RESIDUAL = 1e-10       # ‖π − softmax(log μ + Pπ/τ)‖₁ that its residual_tol (1e-14 on τ·s) leaves, recomputed in numpy
+RESIDUAL = 1e-10       # ‖π − softmax(log μ + Pπ/τ)‖₁ left by its residual_tol (1e-14 on τ·s), recomputed in numpy
 LP = 1e-9              # τ = 0: the linear program (HiGHS) and nashpy's pivoting are exact up to their 1e-9-level
                        # feasibility tolerances
 PUBLISHED = 1e-6       # values recalled with 6 digits (truncated, not rounded)
@@ -111,7 +113,8 @@ def test_shipped_linear_reward_is_gibbs():
 @pytest.mark.parametrize("tau", [0.0, 0.001, 0.1, 1.0])
 def test_symmetric_cycles_have_a_uniform_equilibrium(name, tau):
     eq = solve_equilibrium(load_game(name, tau=tau))
-    np.testing.assert_allclose(eq.policy[0].numpy(), np.full(3, 1 / 3), atol=LP if tau == 0 else gibbs_tolerance(tau, 3))
+    np.testing.assert_allclose(eq.policy[0].numpy(), np.full(3, 1 / 3),
+                               atol=LP if tau == 0 else gibbs_tolerance(tau, 3))
 
 
 # ---- accuracy on random games -------------------------------------------------------------------------------------

@@ -15,6 +15,8 @@ from nashpref.errors import GameError
 from nashpref.core.game import PreferenceGame
 from nashpref.tolerance import tolerance
 
+pytestmark = pytest.mark.numerics     # rounding-sensitive comparisons: CI reruns them with 2 threads
+
 F64 = torch.float64
 
 

@@ -19,6 +19,8 @@ from nashpref.solvers.inpo import INPO, Config, default_eta, inpo_loss
 from nashpref.tolerance import assert_close, tolerance
 from conftest import Scripted, lbfgs_minimiser
 
+pytestmark = pytest.mark.numerics     # rounding-sensitive comparisons: CI reruns them with 2 threads
+
 f64 = torch.float64
 
 

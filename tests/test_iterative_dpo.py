@@ -22,6 +22,8 @@ from nashpref.solvers.losses import dpo_loss
 from nashpref.tolerance import assert_close, tolerance
 from conftest import Scripted
 
+pytestmark = pytest.mark.numerics     # rounding-sensitive comparisons: CI reruns them with 2 threads
+
 f64 = torch.float64
 
 

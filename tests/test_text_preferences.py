@@ -8,7 +8,7 @@ import textwrap
 import pytest
 import torch
 
-from conftest_lm import PROMPTS, tiny_dir  # noqa: F401  (fixtures)
+from conftest_lm import PROMPTS, forward_tolerance, tiny_dir  # noqa: F401  (fixtures)
 from nashpref.errors import NashprefError
 from nashpref.preferences.judge import JudgeOracle, parse_verdict
 from nashpref.preferences.pairwise import PairwiseOracle
@@ -17,8 +17,11 @@ from nashpref.preferences.reward import RewardOracle
 from nashpref.preferences.rule import rule_oracle
 from nashpref.preferences import load_text_oracle
 from nashpref.lm.responses import responses_from_lists
+from nashpref.tolerance import assert_close
 
 import transformers
+
+pytestmark = pytest.mark.numerics     # rounding-sensitive comparisons: CI reruns them with 2 threads
 
 A = ["the warm cat is happy.", "the cold robot waits.", "a river", "the gentle star is bright and kind."]
 B = ["the dark cat is grim.", "the cold robot waits.", "the tall river is small and red.", "a gray star"]
@@ -46,11 +49,14 @@ def test_reward_oracle_is_bradley_terry_over_direct_model_logits(tiny_dir):
         text = tok.apply_chat_template(messages + [{"role": "assistant", "content": response}], tokenize=False)
         return single_logits(model, tok, text)[0].item()
 
-    expected = [sigmoid(r(x, a) - r(x, b)) for x, a, b in zip(X, A, B)]
+    rewards = [(r(x, a), r(x, b)) for x, a, b in zip(X, A, B)]
+    expected = [sigmoid(ra - rb) for ra, rb in rewards]
     got = oracle.prefer_texts(X, A, B)
-    torch.testing.assert_close(got, torch.tensor(expected), rtol=0, atol=1e-5)
+    # batched forwards against one-at-a-time ones; σ' ≤ ¼ and two rewards: half a forward's rounding
+    atol = forward_tolerance(model.config, max(abs(v) for pair in rewards for v in pair)) / 2
+    torch.testing.assert_close(got, torch.tensor(expected), rtol=0, atol=atol)
     assert got[1] == 0.5                                                     # identical responses
-    torch.testing.assert_close(oracle.prefer_texts(X, B, A), 1 - got, rtol=0, atol=1e-6)
+    torch.testing.assert_close(oracle.prefer_texts(X, B, A), 1 - got, rtol=0, atol=atol)
     assert max(abs(e - 0.5) for e in expected) > 0.05                        # not a constant oracle
 
 
@@ -72,7 +78,7 @@ def test_prefer_reshapes_token_responses_per_context(tiny_dir):
     got = oracle.prefer(torch.tensor([0, 2]), a, b)
     words = [[len(t.split()) for t in row] for row in (A, B)]
     expected = [[sigmoid((words[0][2 * i + j] - words[1][2 * i + j]) / 2) for j in range(2)] for i in range(2)]
-    torch.testing.assert_close(got, torch.tensor(expected), rtol=0, atol=1e-6)
+    assert_close(got, torch.tensor(expected), scale=1.0, length=2)              # float32 σ of a word count
 
 
 @pytest.mark.parametrize("labels", [1, 2])
@@ -94,10 +100,12 @@ def test_pairwise_oracle_is_antisymmetrised_classifier_score(tiny_dir, tmp_path,
         logits = single_logits(oracle.model, tok, text)
         return logits[0].item() if labels == 1 else (logits[0] - logits[1]).item()
 
-    expected = [sigmoid((s(x, a, b) - s(x, b, a)) / 2) for x, a, b in zip(X, A, B)]
+    scores = [(s(x, a, b), s(x, b, a)) for x, a, b in zip(X, A, B)]
+    expected = [sigmoid((sab - sba) / 2) for sab, sba in scores]
     got = oracle.prefer_texts(X, A, B)
-    torch.testing.assert_close(got, torch.tensor(expected), rtol=0, atol=1e-5)
-    torch.testing.assert_close(got + oracle.prefer_texts(X, B, A), torch.ones(4), rtol=0, atol=1e-6)
+    atol = forward_tolerance(oracle.model.config, max(abs(v) for pair in scores for v in pair)) / 2
+    torch.testing.assert_close(got, torch.tensor(expected), rtol=0, atol=atol)
+    torch.testing.assert_close(got + oracle.prefer_texts(X, B, A), torch.ones(4), rtol=0, atol=2 * atol)
     assert got[1] == 0.5 and (got - 0.5).abs().max() > 0.01
 
 
@@ -105,11 +113,11 @@ def test_rule_oracles_by_hand():
     cyclic = rule_oracle("cyclic")
     warm, cold, plain = "the warm cat.", "the cold cat.", "the red cat."
     got = cyclic.prefer_texts(["x"] * 4, [warm, cold, plain, warm], [cold, plain, warm, warm])
-    torch.testing.assert_close(got, torch.tensor([2 / 3, 2 / 3, 2 / 3, 0.5]))          # a Condorcet cycle
-    torch.testing.assert_close(cyclic.prefer_texts(["x"] * 2, [cold, plain], [warm, cold]), torch.tensor([1 / 3] * 2))
+    assert_close(got, torch.tensor([2 / 3, 2 / 3, 2 / 3, 0.5]), length=3)          # a Condorcet cycle: 3 raters
+    assert_close(cyclic.prefer_texts(["x"] * 2, [cold, plain], [warm, cold]), torch.tensor([1 / 3] * 2), length=3)
     # warm: σ(4 (s_a − s_b)), s = (#warm − #cold)/#words.
     got = rule_oracle("warm").prefer_texts(["x"], ["the warm kind cat"], ["the cold cat"])
-    assert abs(got.item() - sigmoid(4 * (2 / 4 - (-1 / 3)))) < 1e-6
+    assert_close(got, torch.tensor([sigmoid(4 * (2 / 4 - (-1 / 3)))]), scale=4.0)    # σ of an argument ≤ 4
     with pytest.raises(NashprefError, match="unknown rule"):
         rule_oracle("nope")
 
@@ -134,8 +142,8 @@ def test_python_hook_loads_validates_and_reports(tmp_path):
     """))
     oracle = load_text_oracle(f"python:{file}:shorter")
     assert isinstance(oracle, PythonOracle)
-    torch.testing.assert_close(oracle.prefer_texts(X, A, B), torch.tensor([0.0, 0.5, 1.0, 0.0]))
-    torch.testing.assert_close(PythonOracle(f"{file}:as_array").prefer_texts(X, A, B), torch.full((4,), 0.25))
+    assert torch.equal(oracle.prefer_texts(X, A, B), torch.tensor([0.0, 0.5, 1.0, 0.0]))        # exact values
+    assert torch.equal(PythonOracle(f"{file}:as_array").prefer_texts(X, A, B), torch.full((4,), 0.25))
     for name, message in [("too_few", "returned 1 values for 4 pairs"), ("too_big", "outside \\[0, 1\\]"),
                           ("words", "not a number"), ("nan", "outside")]:
         with pytest.raises(NashprefError, match=message):
@@ -171,7 +179,7 @@ def test_judge_position_swap_by_hand():
             out.append("A" if len(a) < len(b) else "B" if len(b) < len(a) else "no idea")
         return out
     judge = JudgeOracle(shorter)
-    torch.testing.assert_close(judge.prefer_texts(X, A, B), torch.tensor([0.0, 0.5, 1.0, 0.0]))
+    assert torch.equal(judge.prefer_texts(X, A, B), torch.tensor([0.0, 0.5, 1.0, 0.0]))          # exact values
     assert judge.unparsed == 2
 
 
@@ -188,7 +196,7 @@ def test_judge_with_the_tiny_model_aggregates_its_own_parsed_verdicts(tiny_dir):
     verdicts = [parse_verdict(t) for t in answers]
     score = {"A": 1.0, "B": 0.0, None: 0.5}
     expected = [(score[verdicts[i]] + 1 - score[verdicts[4 + i]]) / 2 for i in range(4)]
-    torch.testing.assert_close(got, torch.tensor(expected))
+    assert_close(got, torch.tensor(expected), scale=1.0, length=2)    # means of two verdicts in {0, ½, 1}
 
 
 def test_bad_preference_specs():
