@@ -6,6 +6,7 @@ everything in it is complete, so bad input or a crash never leaves a half-writte
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import math
 import os
@@ -45,6 +46,7 @@ def atomic_write(path: str | Path, write: Callable[[IO], None] | str | bytes) ->
     binary = not isinstance(write, str)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())    # mkstemp makes it 0600: results are meant to be shared
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as handle:
             if callable(write):
                 write(handle)
@@ -90,10 +92,48 @@ def fsync_tree(directory: Path) -> None:
     fsync_path(directory)
 
 
+def current_umask() -> int:
+    """The process umask (reading it means setting it; it is put back at once)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+def staging_directory(target: Path) -> Path:
+    """A fresh temporary sibling ``.NAME.PID.XXXX.tmp`` of ``target`` with the mode a new directory gets under the
+    umask (mkdtemp alone makes it 0700, and it keeps that mode once renamed into place). Siblings left by a
+    process that no longer exists (kill -9 mid-write) are removed first."""
+    remove_stale_staging(target)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp"))
+    staging.chmod(0o777 & ~current_umask())
+    return staging
+
+
+def remove_stale_staging(target: Path) -> None:
+    """Remove ``.NAME.PID.*.tmp`` siblings of ``target`` whose process PID is gone."""
+    for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+        pid = stale.name[len(target.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and not process_alive(int(pid)):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:         # someone else's process: alive
+        return True
+    return True
+
+
 def publish_directory(target: Path, write: Callable[[Path], None]) -> Path:
     """Build ``target`` with ``write(staging)`` in a temporary sibling, fsync it, then rename it into place (an
     older ``target`` is removed first): a kill at any moment leaves no half-written ``target``."""
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    staging = staging_directory(target)
     try:
         write(staging)
         fsync_tree(staging)
@@ -108,12 +148,13 @@ def publish_directory(target: Path, write: Callable[[Path], None]) -> Path:
 
 # ---- the output directory ----------------------------------------------------------------------------------------
 def check_output_dir(out: Path) -> None:
-    """Fail early (before any work) when DIR cannot be an output directory; creates nothing."""
+    """Fail early (before any work) when DIR cannot be an output directory (not a directory, or not writable);
+    creates nothing."""
+    from nashpref.validate import check_writable
+
     if out.exists() and not out.is_dir():
         raise BadInput(f"--out {out}: exists and is not a directory")
-    parent = next((p for p in out.absolute().parents if p.exists()), None)
-    if parent is not None and not parent.is_dir():
-        raise BadInput(f"--out {out}: {parent} is not a directory")
+    check_writable(out)
 
 
 @contextmanager
@@ -125,10 +166,7 @@ def staged_output(out: Path) -> Iterator[Path]:
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)         # mkdtemp makes it private (0700); a published result should not be
+    staging = staging_directory(out)
     try:
         yield staging
         try:

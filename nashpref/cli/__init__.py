@@ -24,6 +24,7 @@ from nashpref.cli.theory import Theory, run_theory
 from nashpref.cli.train import build_train_command, run_fit_preference_command, run_train_command
 from nashpref.cli.tyro_errors import summarise_tyro_error
 from nashpref.errors import EXIT_BAD_INPUT, NashprefError, UsageError, one_line
+from nashpref.signals import Interrupted, interruptible
 from nashpref.preferences.fit import FitPreferenceConfig
 
 DESCRIPTION = ("nashpref: Nash learning from human feedback. Exact equilibria of preference games, every solver's "
@@ -56,9 +57,32 @@ RUNNERS: dict[str, Callable] = {"Equilibrium": run_equilibrium, "Solve": run_sol
                                 "Train": run_train_command, "FitPreferenceConfig": run_fit_preference_command, "Theory": run_theory}
 
 
+def resume_hint(cmd, argv: Sequence[str]) -> str:
+    """How to go on after an interrupt: commands that checkpoint resume; the others wrote nothing."""
+    out = getattr(cmd, "out", None)
+    if hasattr(cmd, "resume"):
+        again = list(argv) if "--resume" in argv else [*argv, "--resume"]
+        return f"{out} keeps the last complete checkpoint; continue with: nashpref {shlex.join(again)}"
+    if type(cmd).__name__ == "LLMBenchConfig":
+        return f"{out} keeps the finished runs; the same command continues where this one stopped"
+    where = f" to {out}" if out is not None else ""
+    return f"nothing was written{where}; run the command again"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit status (0 ok, 2 bad input)."""
+    """Run the CLI; returns the exit status (0 ok, 2 bad input, 128 + N after signal N)."""
     argv = sys.argv[1:] if argv is None else argv
+    parsed: list = []
+    try:
+        with interruptible():
+            return run(argv, parsed)
+    except Interrupted as stop:
+        print(f"interrupted by {stop.name}: {resume_hint(parsed[0] if parsed else None, argv)}", file=sys.stderr)
+        return stop.exit_status
+
+
+def run(argv: Sequence[str], parsed: list) -> int:
+    """Parse and run one command (``parsed`` receives it, for the interrupt message)."""
     try:
         try:
             cmd = parse(argv)
@@ -66,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return stop.code or 0
         if isinstance(cmd, Bench):
             cmd = cmd.benchmark
+        parsed.append(cmd)
         name = type(cmd).__name__
         if name in BENCH_RUNNERS:               # benchmarks record the command that reproduces them
             return BENCH_RUNNERS[name](cmd, "nashpref " + shlex.join(argv))
@@ -76,7 +101,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (NashprefError, OSError) as err:     # OSError: --out cannot be written
         print(one_line(err), file=sys.stderr)
         return EXIT_BAD_INPUT
-
 
 if __name__ == "__main__":
     sys.exit(main())

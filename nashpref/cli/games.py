@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 from nashpref.cli.tables import shorten, table
 from nashpref.core.gamefile import games_dir, list_games
@@ -20,9 +21,12 @@ class Games:
 
 
 def run_games(cmd: Games) -> int:
-    infos = list_games()
+    broken: list[str] = []
+    infos = list_games(broken)
+    for message in broken:          # one bad file must not hide the others
+        print(f"warning: skipped {message}", file=sys.stderr)
     if not infos:
-        raise UsageError(f"no game files (*.toml) in {games_dir()}")
+        raise UsageError(f"no loadable game files (*.toml) in {games_dir()}")
     print(table(["name", "contexts", "actions", "tau", "description"],
                 [[g.name, g.num_contexts, g.num_actions, f"{g.tau:g}", g.description if cmd.full else
                   shorten(g.description, DESCRIPTION_WIDTH)] for g in infos]))

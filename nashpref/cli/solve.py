@@ -23,8 +23,10 @@ from nashpref.io import check_output_dir, staged_output, write_json, write_jsonl
 from nashpref.plots import convergence_plot
 from nashpref.sampled import SampledConfig, recommended_options, recommended_values, run_sampled, validate_config
 from nashpref.solvers import REGISTRY, Solver, option_field
+from nashpref.validate import check_memory
 
 _SAMPLED = SampledConfig()      # defaults of the sampled-mode options
+ROUND_TENSORS, ROW_BYTES = 16, 1024     # see sampled_memory
 SMALL_GAME = 1 << 20            # preference entries (C·N²) up to which one torch thread is fastest
 
 
@@ -67,6 +69,15 @@ class SolveBase:
     """[sampled] Use each solver's tuned settings for tabular sampled training (its `sampled_defaults` for
     iterations / samples / lr / optimizer / epochs and its `sampled_options` for its own options) wherever this
     command leaves the value at its default; the tuned values are listed in the solver modules."""
+
+
+def sampled_memory(game: PreferenceGame, config: SampledConfig) -> None:
+    """Refuse sampled runs whose rounds or logs would not fit in memory: a round holds about ROUND_TENSORS
+    8-byte values per sampled response (responses, labels, log-probs, weights, their gradients), and every
+    iteration keeps one metrics row (about ROW_BYTES)."""
+    per_round = ROUND_TENSORS * 8.0 * (config.contexts_per_round or game.num_contexts) * config.samples
+    check_memory(f"--samples {config.samples}: one round", per_round)
+    check_memory(f"--iters {config.iterations}: the metrics of every iteration", ROW_BYTES * config.iterations)
 
 
 def solver_help() -> str:
@@ -126,6 +137,7 @@ def run_solve(cmd) -> int:
     sampled = {solver.name: sampled_config(cmd, solver) for solver in solvers} if cmd.mode == "sampled" else {}
     for config in sampled.values():
         validate_config(config)
+        sampled_memory(game, config)
     # Each solver's budget, worked out before anything runs: solvers check their options here, so a bad option
     # of the last solver in a race fails at once rather than after the others have run.
     budgets = [sampled[solver.name].iterations if sampled else cmd.iters or solver.default_iterations(game)

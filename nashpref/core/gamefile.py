@@ -23,12 +23,14 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from nashpref import checks
-from nashpref.errors import GameError
+from nashpref.errors import GameError, NashprefError
+from nashpref.validate import check_memory
 from nashpref.core.game import PreferenceGame, validate_matrix, validate_reference, validate_tau, as_tensor
 
 DEFAULT_TAU = 0.1
 GAME_KEYS = {"name", "description", "tau", "actions", "reference", "preference", "context", "payoff"}
 PAYOFFS = ("probability", "log-odds")
+GAME_COPIES = 4                 # float64 C×N×N tensors alive at once while a game is built and solved
 CONTEXT_KEYS = {"reference", "preference", "repeat"}
 PREFERENCE_KEYS = {
     "matrix": {"matrix"},
@@ -55,11 +57,18 @@ class GameInfo:
     tau: float
 
 
-def list_games() -> list[GameInfo]:
-    """Every game file in games_dir(), sorted by file name."""
+def list_games(broken: list[str] | None = None) -> list[GameInfo]:
+    """Every game file in games_dir(), sorted by file name. With a ``broken`` list, a file that does not load is
+    skipped and its one-line error appended there; without it, the error is raised."""
     infos = []
     for path in sorted(games_dir().glob("*.toml")):
-        game = load_game(str(path))
+        try:
+            game = load_game(str(path))
+        except NashprefError as err:
+            if broken is None:
+                raise
+            broken.append(" ".join(str(err).split()))
+            continue
         infos.append(GameInfo(name=path.stem, path=path, description=game.description,
                               num_contexts=game.num_contexts, num_actions=game.num_actions, tau=game.tau))
     return infos
@@ -123,6 +132,8 @@ def build_game(data: dict, where: str, default_name: str = "game", tau: float | 
         repeat = integer(table.get("repeat", 1), label, "repeat", minimum=1)
         for r in range(repeat):
             P = preference_matrix(table["preference"], label, offset=r)
+            if r == 0:
+                game_memory(f"{label}: repeat = {repeat}", repeat + len(matrices), P.shape[0])
             mu = reference_policy(table.get("reference", default_reference), P.shape[0], label, offset=r)
             if matrices and P.shape != matrices[0].shape:
                 raise GameError(f"{label}: has {P.shape[0]} actions but the first context has "
@@ -154,6 +165,12 @@ def build_game(data: dict, where: str, default_name: str = "game", tau: float | 
     return game
 
 
+def game_memory(what: str, contexts: int, n: int) -> None:
+    """Refuse a game whose float64 C×N×N tensors (P, its transpose and the solvers' work copies: about
+    GAME_COPIES of them) would not fit in memory, with the estimate."""
+    check_memory(f"{what} ({contexts} context(s) of {n}×{n})", GAME_COPIES * 8.0 * contexts * n * n)
+
+
 # ---- preferences ------------------------------------------------------------------------------------------------
 def preference_matrix(spec, where: str, offset: int = 0) -> np.ndarray:
     """The N×N matrix a [preference] table describes (``offset`` advances a random seed, for ``repeat``)."""
@@ -169,6 +186,7 @@ def preference_matrix(spec, where: str, offset: int = 0) -> np.ndarray:
     elif kind == "random":
         n = integer(require(spec, "n", where_kind), where_kind, "n", minimum=1)
         seed = integer(require(spec, "seed", where_kind), where_kind, "seed", minimum=0)
+        game_memory(f"{where_kind}: n = {n}", 1, n)
         P = random_preference(n, seed + offset)
     elif kind == "bradley-terry":
         rewards = vector(require(spec, "rewards", where_kind), where_kind, "rewards", finite=True)
@@ -200,9 +218,11 @@ def random_preference(n: int, seed: int) -> np.ndarray:
 
 def bradley_terry(rewards: np.ndarray, weights: np.ndarray, scale: float) -> np.ndarray:
     """P[i,j] = Σ_k w_k σ(scale·(r_k,i − r_k,j)) for K raters with rewards (K, N)."""
-    margins = scale * (rewards[:, :, None] - rewards[:, None, :])
-    # σ(x) = ½(1 + tanh(x/2)) is odd around ½, so P + Pᵀ = 1 holds to rounding even for huge margins.
-    return np.einsum("k,kij->ij", weights, 0.5 * (1.0 + np.tanh(margins / 2)))
+    # σ(x) = ½(1 + tanh(x/2)) is odd around ½, so P + Pᵀ = 1 holds to rounding even for huge margins; margins
+    # that overflow become ±inf (σ = 0 or 1) or NaN (inf − inf), which the matrix validation then names
+    with np.errstate(over="ignore", invalid="ignore"):
+        margins = scale * (rewards[:, :, None] - rewards[:, None, :])
+        return np.einsum("k,kij->ij", weights, 0.5 * (1.0 + np.tanh(margins / 2)))
 
 
 # ---- references -------------------------------------------------------------------------------------------------
@@ -219,9 +239,10 @@ def reference_policy(spec, n: int, where: str, offset: int = 0) -> np.ndarray:
         reject_unknown_keys(table, {"seed", "scale"}, where, "random-logits")
         seed = integer(require(table, "seed", f"{where}: random-logits"), where, "random-logits.seed", minimum=0)
         scale = number(table.get("scale", 1.0), where, "random-logits.scale")
-        logits = scale * np.random.default_rng(seed + offset).standard_normal(n)
-        mu = np.exp(logits - logits.max())
-        mu /= mu.sum()
+        with np.errstate(over="ignore", invalid="ignore"):   # a huge scale gives NaN, which validation names
+            logits = scale * np.random.default_rng(seed + offset).standard_normal(n)
+            mu = np.exp(logits - logits.max())
+            mu /= mu.sum()
     else:
         raise GameError(f"{where}: reference must be \"uniform\", a list of {n} probabilities, "
                         "or { random-logits = { seed = S, scale = X } }")

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from nashpref.errors import BadInput, MissingResource, NashprefError
-from nashpref.lm.checkpoints import CHECKPOINTS
+from nashpref.lm.checkpoints import CHECKPOINTS, latest_checkpoint
 from nashpref.lm.config import RESUMABLE_CHANGES, TrainConfig
 from nashpref.lm.samplers.base import SamplingConfig
 from nashpref.solvers import Solver
@@ -94,7 +94,9 @@ def check_out(config: TrainConfig, described: dict) -> None:
     if not out.exists():
         return
     previous = out / "config.json"
-    holds_run = previous.exists() or (out / CHECKPOINTS).exists() or (out / "metrics.jsonl").exists()
+    # Only a completed iteration makes a run worth keeping: a run that stopped before its first checkpoint
+    # (a failing hook, Ctrl-C, kill -9) left nothing to resume, so it is started over rather than blocking
+    holds_run = latest_checkpoint(out / CHECKPOINTS) is not None
     if holds_run and not config.resume:
         raise BadInput(f"--out {out}: already holds a training run; pass --resume to continue it, or choose "
                        "another directory")

@@ -38,7 +38,11 @@ def load_state(directory: str | Path) -> dict | None:
     path = Path(directory) / FILENAME
     if not path.exists():
         return None
-    return torch.load(path, weights_only=True)
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as exc:      # truncated, overwritten or not a checkpoint: say which file, not a traceback
+        raise BadInput(f"{path}: checkpoint cannot be read ({type(exc).__name__}: {exc}); remove "
+                       f"{Path(directory).parent} to start over") from None
 
 
 def save_checkpoint(root: str | Path, iteration: int, write: Callable[[Path], None]) -> Path:
@@ -94,7 +98,13 @@ def write_model(directory: Path, policy) -> None:
 
 def restore_weights(policy, directory: Path) -> None:
     """Load a checkpoint's trainable weights into ``policy`` exactly (the LoRA adapter, or every weight)."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file as load_safetensors
+
+    def load_file(path: Path) -> dict[str, Tensor]:
+        try:
+            return load_safetensors(path)
+        except Exception as exc:    # a corrupt weights file is bad input, named, not a traceback
+            raise BadInput(f"{path}: checkpoint weights cannot be read ({type(exc).__name__}: {exc})") from None
 
     if has_adapter(policy):
         policy.load_state_dict(load_file(directory / "adapter.safetensors"))

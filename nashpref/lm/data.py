@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Union
 
 from nashpref.errors import BadInput, MissingResource
+from nashpref.validate import check_json_file, read_text
 
 Prompt = Union[str, list[dict]]
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -44,6 +45,10 @@ def load_table(spec: str, split: str = "train", what: str = "prompts"):
         if suffix in LOCAL_FORMATS:
             if not path.is_file():
                 raise MissingResource(f"{spec}: {what} file does not exist")
+            if suffix in (".jsonl", ".json"):       # decoding and syntax errors named here, with the line
+                check_json_file(path, what, lines=suffix == ".jsonl")
+            elif suffix == ".csv":
+                read_text(path, what)
             return datasets.load_dataset(LOCAL_FORMATS[suffix], data_files=str(path), split="train")
         if path.exists():
             raise BadInput(f"{spec}: unsupported {what} file type {suffix or '(none)'}; "
@@ -51,7 +56,7 @@ def load_table(spec: str, split: str = "train", what: str = "prompts"):
         if os.environ.get("HF_HUB_OFFLINE") == "1" and not _looks_like_hub_id(spec):
             raise MissingResource(f"{spec}: no such {what} file")
         return datasets.load_dataset(spec, split=split)
-    except BadInput:
+    except (BadInput, MissingResource):
         raise
     except Exception as exc:  # datasets raises many types; the user needs one line naming the source
         first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

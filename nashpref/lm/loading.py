@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from nashpref.errors import BadInput, MissingResource
+from nashpref.validate import check_model_dir
 
 LM_EXTRA = ("transformers", "datasets", "safetensors", "tokenizers")
 
@@ -72,6 +73,8 @@ def check_model_path(name_or_path: str) -> None:
     looks_local = name_or_path.startswith((".", "/", "~")) or path.exists() or name_or_path.count("/") > 1
     if looks_local and not path.is_dir():
         raise MissingResource(f"{name_or_path}: model directory does not exist")
+    if looks_local:
+        check_model_dir(path)
 
 
 def parse_dtype(value: str | torch.dtype) -> torch.dtype:

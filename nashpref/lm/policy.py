@@ -19,6 +19,7 @@ is a separate module tree sharing the (frozen) base weights — never "the adapt
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -29,6 +30,7 @@ from nashpref.errors import BadInput
 from nashpref.lm.loading import load_causal_lm
 from nashpref.lm.responses import TokenResponses, left_pad
 from nashpref.lm.samplers.base import SamplingConfig
+from nashpref.validate import check_prompt_lengths
 
 Prompt = str | list[dict]
 
@@ -61,8 +63,15 @@ class LMPolicy(torch.nn.Module):
         self.model.eval()
         self.tokenizer = tokenizer
         self.prompts = list(prompts)
+        if not getattr(tokenizer, "chat_template", None):
+            warnings.warn(f"the tokenizer of {getattr(tokenizer, 'name_or_path', 'the policy')} has no chat "
+                          "template: prompts are given to the model as plain text", stacklevel=2)
         self.prompt_ids = [render_prompt(tokenizer, p) for p in self.prompts]
         self.sampling = sampling or getattr(sampler, "config", None) or SamplingConfig()
+        context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        if isinstance(context, int):
+            check_prompt_lengths(self.prompts, [len(ids) for ids in self.prompt_ids], self.sampling.max_new_tokens,
+                                 context)
         if sampler is None:
             from nashpref.lm.samplers.hf import HFSampler
             sampler = HFSampler(self.sampling)

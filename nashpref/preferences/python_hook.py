@@ -60,7 +60,10 @@ class PythonOracle(TextOracle):
 
     def prefer_texts(self, prompts: Sequence[Prompt], a: Sequence[str], b: Sequence[str]) -> Tensor:
         n = check_lengths(f"python:{self.spec}", prompts, a, b)
-        result = self.fn(list(prompts), list(a), list(b))
+        try:
+            result = self.fn(list(prompts), list(a), list(b))
+        except Exception as exc:    # user code: its failure is one line naming it, at any point of a run
+            raise BadInput(f"python:{self.spec}: raised {type(exc).__name__}: {exc}") from None
         return validate_probabilities(result, n, f"python:{self.spec}")
 
 

@@ -18,12 +18,12 @@ from __future__ import annotations
 import json
 import random
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from nashpref.io import staging_directory
 from nashpref.lm.tiny import COLD, NEUTRAL, NOUNS, PROMPTS, VERBS, WARM, TinySizes
 
 STYLE_SHARES = {"warm": 0.6, "cold": 0.25, "plain": 0.15}     # μ leans warm: its best response is "plain"
@@ -145,7 +145,7 @@ def build_setup(out: str | Path, size: str = "tiny", seed: int = 0, sft_dialogue
         return out
     spec = SIZES[size]
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    staging = staging_directory(out)
     try:
         base = make_tiny_model(staging / "base", seed=seed, sizes=spec.model, policy_steps=spec.pretrain_steps,
                                reward_steps=0)
