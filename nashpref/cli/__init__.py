@@ -12,11 +12,14 @@ import contextlib
 import io
 import shlex
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 import tyro
 
-from nashpref.cli.bench import BENCH_RUNNERS, Bench
+from nashpref import quiet
+from nashpref.cli.bench import BENCH_COMMANDS, BENCH_RUNNERS, Bench
+from nashpref.cli.config_file import GlobalOptions, config_flags, print_config, save_config, split_globals, to_toml
 from nashpref.cli.equilibrium import Equilibrium, run_equilibrium
 from nashpref.cli.games import Games, run_games
 from nashpref.cli.solve import build_solve_command, run_solve
@@ -25,10 +28,14 @@ from nashpref.cli.train import build_train_command, run_fit_preference_command, 
 from nashpref.cli.tyro_errors import summarise_tyro_error
 from nashpref.errors import EXIT_BAD_INPUT, NashprefError, UsageError, one_line
 from nashpref.signals import Interrupted, interruptible
+from nashpref.tracking import check_available
 from nashpref.preferences.fit import FitPreferenceConfig
 
 DESCRIPTION = ("nashpref: Nash learning from human feedback. Exact equilibria of preference games, every solver's "
-               "exact dynamics, and sampled training with the per-sample losses that train language models.")
+               "exact dynamics, and sampled training with the per-sample losses that train language models. "
+               "Every command also takes --config FILE (TOML: its options; typed flags override), --print-config "
+               "(print the effective options as such a file and stop), --report-to none|tensorboard|wandb and "
+               "--verbose (the libraries' own logs).")
 
 
 def commands() -> dict[str, type]:
@@ -81,9 +88,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         return stop.exit_status
 
 
+def command_class(argv: Sequence[str]) -> type | None:
+    """The dataclass of the subcommand named at the start of ``argv`` (None if there is none)."""
+    table = commands()
+    if not argv or argv[0] not in table:
+        return None
+    cls = table[argv[0]]
+    if cls is Bench:
+        return BENCH_COMMANDS.get(argv[1]) if len(argv) > 1 else None
+    return cls
+
+
+def with_config(argv: list[str], options: GlobalOptions) -> list[str]:
+    """argv with the config file's values as flags right after the subcommand (typed flags come later and
+    win)."""
+    if options.config is None:
+        return argv
+    cls = command_class(argv)
+    if cls is None:
+        raise UsageError("--config: name the command first, e.g. nashpref solve --config FILE")
+    depth = 2 if argv[0] == "bench" else 1
+    return argv[:depth] + config_flags(options.config, cls, options) + argv[depth:]
+
+
 def run(argv: Sequence[str], parsed: list) -> int:
     """Parse and run one command (``parsed`` receives it, for the interrupt message)."""
     try:
+        argv, options = split_globals(argv)
+        argv = with_config(argv, options)
+        quiet.configure(options.verbose)
         try:
             cmd = parse(argv)
         except SystemExit as stop:              # --help
@@ -91,16 +124,49 @@ def run(argv: Sequence[str], parsed: list) -> int:
         if isinstance(cmd, Bench):
             cmd = cmd.benchmark
         parsed.append(cmd)
+        text = to_toml(cmd) + (f'report-to = "{options.report_to}"\n' if options.report_to != "none" else "")
+        if options.print_config:
+            print_config(text)
+            return 0
+        check_available(options.report_to)
         name = type(cmd).__name__
         if name in BENCH_RUNNERS:               # benchmarks record the command that reproduces them
-            return BENCH_RUNNERS[name](cmd, "nashpref " + shlex.join(argv))
-        return RUNNERS[name](cmd)
+            status = BENCH_RUNNERS[name](cmd, "nashpref " + shlex.join(argv))
+        elif name == "Train":
+            status = run_train_command(cmd, report_to=options.report_to)
+        else:
+            status = RUNNERS[name](cmd)
+            if options.report_to != "none" and status == 0:
+                report_files(options.report_to, cmd)
+        if status == 0:
+            save_config(cmd, text)
+        return status
     except BrokenPipeError:                     # output piped into e.g. `head`: not an error of ours
         sys.stderr.close()
         return 0
     except (NashprefError, OSError) as err:     # OSError: --out cannot be written
         print(one_line(err), file=sys.stderr)
         return EXIT_BAD_INPUT
+
+
+def report_files(kind: str, cmd) -> None:
+    """Commands that write OUT/metrics.jsonl (or OUT/<solver>/metrics.jsonl) at the end: every row to the
+    tracker, one step per iteration, under the solver's name."""
+    from nashpref.io import read_jsonl
+    from nashpref.tracking import make_tracker
+
+    out = getattr(cmd, "out", None)
+    if out is None:
+        return
+    files = sorted(Path(out).glob("*/metrics.jsonl")) + sorted(Path(out).glob("metrics.jsonl"))
+    tracker = make_tracker(kind, Path(out), config=None, name=Path(out).name)
+    try:
+        for file in files:
+            prefix = file.parent.name if file.parent != Path(out) else getattr(cmd, "solver", "")
+            for row in read_jsonl(file):
+                tracker.log(row, int(row.get("iteration", 0)), prefix)
+    finally:
+        tracker.close()
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -49,3 +49,4 @@ BENCH_RUNNERS: dict[str, Callable] = {"TabularBenchConfig": run_bench_tabular_co
 
 BENCH_RUNNERS: dict[str, Callable] = {"TabularBenchConfig": run_bench_tabular_command,
                                       "LLMBenchConfig": run_bench_llm_command}
+BENCH_COMMANDS: dict[str, type] = {"tabular": TabularBenchConfig, "llm": LLMBenchConfig}

@@ -38,11 +38,11 @@ def quiet_library_progress() -> None:
         datasets.disable_progress_bars()
 
 
-def run_train_command(cmd) -> int:
+def run_train_command(cmd, report_to: str = "none") -> int:
     quiet_library_progress()
     from nashpref.lm.trainer import run_train
 
-    result = run_train(cmd)
+    result = run_train(cmd, report_to=report_to)
     last = result.rows[-1] if result.rows else {}
     shown = ", ".join(f"{key} {last[key]:.4g}" for key in ("loss", "win_rate_vs_reference", "kl_to_reference")
                       if isinstance(last.get(key), (int, float)))

@@ -15,6 +15,7 @@ from nashpref.lm.checkpoints import CHECKPOINTS, latest_checkpoint
 from nashpref.lm.config import RESUMABLE_CHANGES, TrainConfig
 from nashpref.lm.samplers.base import SamplingConfig
 from nashpref.solvers import Solver
+from nashpref.validate import check_prompt_lengths
 
 
 def check_solver_options(solver: Solver, tau: float, samples: int) -> None:
@@ -54,6 +55,21 @@ def make_vllm_engine(config: TrainConfig):
                        tolerance=config.sync_tolerance, gpu_memory_utilization=config.gpu_memory_utilization,
                        tensor_parallel_size=config.tensor_parallel_size,
                        enable_sleep_mode=config.enable_sleep_mode, max_model_len=config.max_model_len)
+
+
+def check_prompts_fit(config: TrainConfig, prompts: list) -> None:
+    """Every prompt, rendered as the policy will see it, plus --max-new-tokens must fit the model's context;
+    checked with the tokenizer alone, before any engine or model is started."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from nashpref.lm.policy import render_prompt
+
+    context = getattr(AutoConfig.from_pretrained(config.policy), "max_position_embeddings", None)
+    if not isinstance(context, int):
+        return
+    tokenizer = AutoTokenizer.from_pretrained(config.policy)
+    check_prompt_lengths(prompts, [len(render_prompt(tokenizer, p)) for p in prompts], config.max_new_tokens,
+                         context)
 
 
 def load_policies(config: TrainConfig, prompts: list, sampler) -> tuple[Any, Any]:

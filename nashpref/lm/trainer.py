@@ -29,8 +29,8 @@ import torch
 from nashpref.errors import BadInput
 from nashpref.io import publish_directory, write_json, write_jsonl
 from nashpref.lm.backend.single import SingleBackend
-from nashpref.lm.build import (check_out, check_solver_options, load_policies, make_vllm_engine, probe_oracle,
-                               sampler_kind, split_prompts)
+from nashpref.lm.build import (check_out, check_prompts_fit, check_solver_options, load_policies, make_vllm_engine,
+                               probe_oracle, sampler_kind, split_prompts)
 from nashpref.lm.checkpoints import CHECKPOINTS, latest_state
 from nashpref.lm.config import TrainConfig, describe_config, make_solver
 from nashpref.lm.evaluation import HeldOutEvaluator
@@ -66,6 +66,7 @@ class TrainHooks(Hooks):
         self.out, self.evaluator, self.sampler, self.prompt_rows = out, evaluator, sampler, prompt_rows
         self.bar, self.rows, self.write = bar, rows, write
         self.started = False
+        self.tracker = None                 # nashpref.tracking: every number of each row, per iteration
         self.sync = {"start": 0.0, "evaluation": 0.0}     # sync seconds at round start, during evaluation
         self.evaluation_seconds = 0.0
 
@@ -99,6 +100,8 @@ class TrainHooks(Hooks):
                 "training_seconds": report.round_seconds - sampling - judging - self.sync["round"],
                 "evaluation_seconds": self.evaluation_seconds - self.sync["evaluation"], "seconds": report.seconds}
         self.rows.append(row)
+        if self.tracker is not None:
+            self.tracker.log(row, report.iteration)
         if self.write:
             write_jsonl(self.out / "rounds" / f"iteration-{report.iteration:04d}.jsonl",
                         [{"iteration": report.iteration} | r for r in pairs])
@@ -126,7 +129,7 @@ class TrainHooks(Hooks):
 
 
 def run_train(config: TrainConfig, solver: Solver | None = None, *, engine=None,
-              progress: bool = True) -> TrainResult:
+              progress: bool = True, report_to: str = "none") -> TrainResult:
     """Train ``config.policy`` with ``solver`` (default: built from ``config.solver`` and its options).
 
     ``engine`` may pass in a running ``VLLMSampler`` to reuse (its weights are replaced by the policy's at the
@@ -150,6 +153,7 @@ def run_train(config: TrainConfig, solver: Solver | None = None, *, engine=None,
     prompts = load_prompts(config.prompts, config.prompt_column, config.prompt_split, config.max_prompts)
     train_rows, heldout_rows = split_prompts(prompts, config.heldout, config.seed)
     ordered = [prompts[i] for i in train_rows + heldout_rows]
+    check_prompts_fit(config, ordered)
     oracle = load_text_oracle(config.preference, device=config.device, dtype=config.dtype)
     sampler = None
     if kind == "vllm":
@@ -161,10 +165,18 @@ def run_train(config: TrainConfig, solver: Solver | None = None, *, engine=None,
 
     config.out.mkdir(parents=True, exist_ok=True)
     write_json(config.out / "config.json", described)
-    return _train(config, solver, policy, reference, oracle, sampler, train_rows, heldout_rows, progress)
+    from nashpref.tracking import make_tracker
+
+    tracker = make_tracker(report_to, config.out, config=described, name=config.out.name)
+    try:
+        return _train(config, solver, policy, reference, oracle, sampler, train_rows, heldout_rows, progress,
+                      tracker)
+    finally:
+        tracker.close()
 
 
-def _train(config, solver, policy, reference, oracle, sampler, train_rows, heldout_rows, progress) -> TrainResult:
+def _train(config, solver, policy, reference, oracle, sampler, train_rows, heldout_rows, progress,
+           tracker) -> TrainResult:
     out = config.out
     backend = SingleBackend(config.device)
     backend.prepare(policy, reference)
@@ -192,6 +204,7 @@ def _train(config, solver, policy, reference, oracle, sampler, train_rows, heldo
                                      config.eval_samples, config.seed + 1)
     bar = _progress_bar(config.iterations, done, solver.name, progress)
     hooks = TrainHooks(out, evaluator, sampler, train_rows + heldout_rows, bar, rows, backend.is_main)
+    hooks.tracker = tracker if backend.is_main else None
     with bar:
         state = self_play(solver, policy, reference, oracle, optimizer, num_contexts=num_train,
                           iterations=config.iterations, samples=config.samples, generator=generator,

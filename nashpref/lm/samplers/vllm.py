@@ -30,6 +30,7 @@ from torch import Tensor
 
 from nashpref.lm.responses import TokenResponses, responses_from_lists
 from nashpref.lm.samplers.base import SamplingConfig, draw_seed
+from nashpref.quiet import verbose
 
 __all__ = ["VLLMSampler", "WeightSyncError"]
 
@@ -80,6 +81,7 @@ class VLLMSampler:
                 kwargs["enforce_eager"] = enforce_eager
         if max_model_len is not None:
             kwargs["max_model_len"] = max_model_len
+        kwargs.setdefault("use_tqdm_on_load", verbose())      # vLLM's loading bar only with --verbose
         if enable_sleep_mode and not on_gpu:
             raise ValueError("enable_sleep_mode needs a GPU: vLLM rejects sleep mode on CPU")
         start = time.perf_counter()
