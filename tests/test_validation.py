@@ -51,7 +51,8 @@ def test_bad_prompt_files(kind, tiny_dir, tmp_path, capsys):  # noqa: F811
     path.write_bytes(content)
     out = tmp_path / "run"
     code, _, err = run(["train", "--policy", tiny_dir / "policy", "--preference", f"reward:{tiny_dir / 'reward'}",
-                        "--prompts", path, "--solver", "sppo", "--heldout", 1, "--iterations", 1, "--out", out],
+                        "--prompts", path, "--solver", "sppo", "--sampler", "hf", "--heldout", 1, "--iterations", 1,
+                        "--out", out],
                        capsys)
     assert_bad_input(code, err, message)
     assert not out.exists()
@@ -60,7 +61,7 @@ def test_bad_prompt_files(kind, tiny_dir, tmp_path, capsys):  # noqa: F811
 # ---- models and checkpoints -------------------------------------------------------------------------------------
 def train_argv(tiny: Path, prompts: Path, out: Path, policy: Path | None = None) -> list:
     return ["train", "--policy", policy or tiny / "policy", "--preference", f"reward:{tiny / 'reward'}",
-            "--prompts", prompts, "--solver", "sppo", "--heldout", 1, "--iterations", 1, "--samples", 2,
+            "--prompts", prompts, "--solver", "sppo", "--sampler", "hf", "--heldout", 1, "--iterations", 1, "--samples", 2,
             "--max-new-tokens", 4, "--eval-samples", 2, "--out", out]
 
 
