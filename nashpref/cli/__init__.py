@@ -18,18 +18,11 @@ from typing import Callable, Sequence
 import tyro
 
 from nashpref import quiet
-from nashpref.cli.bench import BENCH_COMMANDS, BENCH_RUNNERS, Bench
 from nashpref.cli.config_file import GlobalOptions, config_flags, print_config, save_config, split_globals, to_toml
-from nashpref.cli.equilibrium import Equilibrium, run_equilibrium
-from nashpref.cli.games import Games, run_games
-from nashpref.cli.solve import build_solve_command, run_solve
-from nashpref.cli.theory import Theory, run_theory
-from nashpref.cli.train import build_train_command, run_fit_preference_command, run_train_command
 from nashpref.cli.tyro_errors import summarise_tyro_error
 from nashpref.errors import EXIT_BAD_INPUT, NashprefError, UsageError, one_line
 from nashpref.signals import Interrupted, interruptible
 from nashpref.tracking import check_available
-from nashpref.preferences.fit import FitPreferenceConfig
 
 DESCRIPTION = ("nashpref: Nash learning from human feedback. Exact equilibria of preference games, every solver's "
                "exact dynamics, and sampled training with the per-sample losses that train language models. "
@@ -38,10 +31,59 @@ DESCRIPTION = ("nashpref: Nash learning from human feedback. Exact equilibria of
                "--verbose (the libraries' own logs).")
 
 
-def commands() -> dict[str, type]:
-    return {"equilibrium": Equilibrium, "solve": build_solve_command(), "games": Games,
-            "train": build_train_command(), "fit-preference": FitPreferenceConfig, "bench": Bench,
-            "theory": Theory}
+COMMANDS = ("equilibrium", "solve", "games", "train", "fit-preference", "bench", "theory")
+
+
+def command(name: str) -> type:
+    """The dataclass of one subcommand, importing only what it needs: `nashpref equilibrium` starts without
+    transformers, vLLM, datasets, matplotlib or the benchmark code."""
+    if name == "equilibrium":
+        from nashpref.cli.equilibrium import Equilibrium
+        return Equilibrium
+    if name == "solve":
+        from nashpref.cli.solve import build_solve_command
+        return build_solve_command()
+    if name == "games":
+        from nashpref.cli.games import Games
+        return Games
+    if name == "train":
+        from nashpref.cli.train import build_train_command
+        return build_train_command()
+    if name == "fit-preference":
+        from nashpref.preferences.fit import FitPreferenceConfig
+        return FitPreferenceConfig
+    if name == "bench":
+        from nashpref.cli.bench import Bench
+        return Bench
+    if name == "theory":
+        from nashpref.cli.theory import Theory
+        return Theory
+    raise KeyError(name)
+
+
+def commands(names: Sequence[str] = COMMANDS) -> dict[str, type]:
+    return {name: command(name) for name in names}
+
+
+def runner(cmd) -> Callable:
+    """The function that runs a parsed command."""
+    name = type(cmd).__name__
+    if name == "Equilibrium":
+        from nashpref.cli.equilibrium import run_equilibrium
+        return run_equilibrium
+    if name == "Solve":
+        from nashpref.cli.solve import run_solve
+        return run_solve
+    if name == "Games":
+        from nashpref.cli.games import run_games
+        return run_games
+    if name == "FitPreferenceConfig":
+        from nashpref.cli.train import run_fit_preference_command
+        return run_fit_preference_command
+    if name == "Theory":
+        from nashpref.cli.theory import run_theory
+        return run_theory
+    raise KeyError(name)
 
 
 def parse(argv: Sequence[str]):
@@ -49,7 +91,8 @@ def parse(argv: Sequence[str]):
     captured = io.StringIO()
     try:
         with contextlib.redirect_stderr(captured):
-            cmd = tyro.extras.subcommand_cli_from_dict(commands(), prog="nashpref", args=list(argv),
+            named = [argv[0]] if argv and argv[0] in COMMANDS else COMMANDS    # build only the command run
+            cmd = tyro.extras.subcommand_cli_from_dict(commands(named), prog="nashpref", args=list(argv),
                                                        description=DESCRIPTION)
     except SystemExit as stop:
         if stop.code not in (0, None):
@@ -58,10 +101,6 @@ def parse(argv: Sequence[str]):
         raise
     sys.stderr.write(captured.getvalue())
     return cmd
-
-
-RUNNERS: dict[str, Callable] = {"Equilibrium": run_equilibrium, "Solve": run_solve, "Games": run_games,
-                                "Train": run_train_command, "FitPreferenceConfig": run_fit_preference_command, "Theory": run_theory}
 
 
 def resume_hint(cmd, argv: Sequence[str]) -> str:
@@ -90,13 +129,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def command_class(argv: Sequence[str]) -> type | None:
     """The dataclass of the subcommand named at the start of ``argv`` (None if there is none)."""
-    table = commands()
-    if not argv or argv[0] not in table:
+    if not argv or argv[0] not in COMMANDS:
         return None
-    cls = table[argv[0]]
-    if cls is Bench:
+    if argv[0] == "bench":
+        from nashpref.cli.bench import BENCH_COMMANDS
         return BENCH_COMMANDS.get(argv[1]) if len(argv) > 1 else None
-    return cls
+    return command(argv[0])
 
 
 def with_config(argv: list[str], options: GlobalOptions) -> list[str]:
@@ -121,7 +159,7 @@ def run(argv: Sequence[str], parsed: list) -> int:
             cmd = parse(argv)
         except SystemExit as stop:              # --help
             return stop.code or 0
-        if isinstance(cmd, Bench):
+        if type(cmd).__name__ == "Bench":
             cmd = cmd.benchmark
         parsed.append(cmd)
         text = to_toml(cmd) + (f'report-to = "{options.report_to}"\n' if options.report_to != "none" else "")
@@ -130,12 +168,14 @@ def run(argv: Sequence[str], parsed: list) -> int:
             return 0
         check_available(options.report_to)
         name = type(cmd).__name__
-        if name in BENCH_RUNNERS:               # benchmarks record the command that reproduces them
+        if name in ("TabularBenchConfig", "LLMBenchConfig"):    # benchmarks record the command behind them
+            from nashpref.cli.bench import BENCH_RUNNERS
             status = BENCH_RUNNERS[name](cmd, "nashpref " + shlex.join(argv))
         elif name == "Train":
+            from nashpref.cli.train import run_train_command
             status = run_train_command(cmd, report_to=options.report_to)
         else:
-            status = RUNNERS[name](cmd)
+            status = runner(cmd)(cmd)
             if options.report_to != "none" and status == 0:
                 report_files(options.report_to, cmd)
         if status == 0:

@@ -9,8 +9,8 @@ from typing import Annotated
 
 import tyro
 
-from nashpref.cli.solve import threads_for
 from nashpref.cli.tables import policy_table
+from nashpref.cli.threads import threads_for
 from nashpref.core.equilibrium import solve_equilibrium
 from nashpref.core.gamefile import load_game
 from nashpref.core.results import equilibrium_result

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Literal
 
 import torch
 import tyro
-from tqdm import tqdm
 
 from nashpref.cli.tables import describe, summary_table
+from nashpref.cli.threads import threads_for
 from nashpref.core.equilibrium import solve_equilibrium
 from nashpref.core.exact import run_exact
 from nashpref.core.game import PreferenceGame
@@ -21,13 +20,13 @@ from nashpref.core.results import solve_result, summary_row
 from nashpref.errors import UsageError
 from nashpref.io import check_output_dir, staged_output, write_json, write_jsonl
 from nashpref.plots import convergence_plot
+from nashpref.quiet import progress
 from nashpref.sampled import SampledConfig, recommended_options, recommended_values, run_sampled, validate_config
 from nashpref.solvers import REGISTRY, Solver, option_field
 from nashpref.validate import check_memory
 
 _SAMPLED = SampledConfig()      # defaults of the sampled-mode options
 ROUND_TENSORS, ROW_BYTES = 16, 1024     # see sampled_memory
-SMALL_GAME = 1 << 20            # preference entries (C·N²) up to which one torch thread is fastest
 
 
 @dataclasses.dataclass
@@ -94,20 +93,6 @@ def build_solve_command() -> type:
     solve = dataclasses.make_dataclass("Solve", fields, bases=(SolveBase,))
     solve.__doc__ = SolveBase.__doc__
     return solve
-
-
-def progress(total: int, name: str) -> tqdm:
-    """A progress bar on stderr, shown on a terminal once a run takes longer than half a second."""
-    return tqdm(total=total, desc=name, unit="it", file=sys.stderr, delay=0.5, disable=None, leave=False,
-                dynamic_ncols=True)
-
-
-def threads_for(game: PreferenceGame) -> None:
-    """One torch thread for small games: their tensors are tiny, and a thread pool then costs more than it
-    saves (measured: EGPO on egpo-random, 2791 steps, 0.24 s with one thread vs 4.3 s with two on a busy 2-core
-    machine). An explicit OMP_NUM_THREADS is left alone."""
-    if game.P.numel() <= SMALL_GAME and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(1)
 
 
 def check_positive(name: str, value: int | None) -> None:

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.optimize import linprog
 from torch import Tensor
 
 from nashpref.core.game import DTYPE, PreferenceGame
@@ -121,6 +120,8 @@ def _newton(game: PreferenceGame, s: Tensor, tol: float, residual_tol: float, ma
 
 def _solve_linear_program(game: PreferenceGame) -> Equilibrium:
     """min v  s.t.  Pπ ≤ v·1, 1ᵀπ = 1, π ≥ 0 — the value is ½ and π is a maximin (equilibrium) strategy."""
+    from scipy.optimize import linprog     # 0.9 s to import: only τ = 0 needs it
+
     n = game.num_actions
     policies = []
     for P in game.P.numpy():

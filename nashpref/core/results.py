@@ -3,12 +3,14 @@ rows of summary.json), built from exact runs and checked against the exact game.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nashpref.core.equilibrium import Equilibrium
 from nashpref.core.exact import ExactRun
 from nashpref.core.game import PreferenceGame
-from nashpref.solvers.base import Solver
+
+if TYPE_CHECKING:
+    from nashpref.solvers.base import Solver
 
 
 def equilibrium_result(game: PreferenceGame, eq: Equilibrium, seconds: float) -> dict:
