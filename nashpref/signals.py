@@ -9,7 +9,9 @@ complete checkpoint or result. The command line turns :class:`Interrupted` into 
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import threading
 from contextlib import contextmanager
 from typing import Iterator
@@ -37,8 +39,8 @@ class Interrupted(BaseException):
 @contextmanager
 def interruptible() -> Iterator[None]:
     """SIGINT and SIGTERM raise :class:`Interrupted` while the block runs (main thread only; elsewhere a no-op).
-    A second signal while the first is unwinding is ignored, so clean-up code (removing a temporary file) runs
-    to its end."""
+    Python runs the handler only between bytecodes, so a long call into C (a large linear program) ends first;
+    a second signal then stops the process at once (temporary files it leaves are removed by the next run)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -46,7 +48,9 @@ def interruptible() -> Iterator[None]:
 
     def handler(signum, frame):
         if fired:
-            return
+            sys.stderr.write(f"interrupted by {signal.Signals(signum).name} again: stopped at once\n")
+            sys.stderr.flush()
+            os._exit(128 + signum)
         fired.append(signum)
         raise Interrupted(signum)
 

@@ -61,8 +61,8 @@ def test_bad_prompt_files(kind, tiny_dir, tmp_path, capsys):  # noqa: F811
 # ---- models and checkpoints -------------------------------------------------------------------------------------
 def train_argv(tiny: Path, prompts: Path, out: Path, policy: Path | None = None) -> list:
     return ["train", "--policy", policy or tiny / "policy", "--preference", f"reward:{tiny / 'reward'}",
-            "--prompts", prompts, "--solver", "sppo", "--sampler", "hf", "--heldout", 1, "--iterations", 1, "--samples", 2,
-            "--max-new-tokens", 4, "--eval-samples", 2, "--out", out]
+            "--prompts", prompts, "--solver", "sppo", "--sampler", "hf", "--heldout", 1, "--iterations", 1,
+            "--samples", 2, "--max-new-tokens", 4, "--eval-samples", 2, "--out", out]
 
 
 @pytest.fixture()
@@ -213,3 +213,18 @@ def test_no_numpy_warnings_on_a_successful_run_with_extreme_rewards(tmp_path, ca
         code, _, err = run(["equilibrium", "--game", game, "--out", tmp_path / "eq"], capsys)
     assert code == 0 and err == ""
     assert not seen, [str(w.message) for w in seen]
+
+
+def test_a_tokenizer_without_a_chat_template_is_warned_about(tiny_dir, tmp_path):  # noqa: F811
+    from nashpref.lm.policy import LMPolicy
+
+    model = tmp_path / "policy"
+    shutil.copytree(tiny_dir / "policy", model)
+    (model / "chat_template.jinja").unlink()
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (model / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.warns(UserWarning, match="has no chat template: prompts are given to the model as plain text"):
+        policy, _ = LMPolicy.from_pretrained(str(model), PROMPTS, device="cpu")
+    # plain text: the prompt's own tokens, no role markers
+    assert policy.prompt_ids[0] == policy.tokenizer(PROMPTS[0], add_special_tokens=True)["input_ids"]

@@ -162,7 +162,7 @@ def run(argv: Sequence[str], parsed: list) -> int:
         if type(cmd).__name__ == "Bench":
             cmd = cmd.benchmark
         parsed.append(cmd)
-        text = to_toml(cmd) + (f'report-to = "{options.report_to}"\n' if options.report_to != "none" else "")
+        text = to_toml(cmd, {"report-to": options.report_to} if options.report_to != "none" else None)
         if options.print_config:
             print_config(text)
             return 0

@@ -147,9 +147,10 @@ def field_type(cls: type, field: dataclasses.Field) -> Any:
 
 
 # ---- writing the effective config --------------------------------------------------------------------------------
-def to_toml(cmd: Any) -> str:
-    """The command's options as TOML that `--config` reads back (options left at None are omitted)."""
-    scalars, tables = [], []
+def to_toml(cmd: Any, extra: dict | None = None) -> str:
+    """The command's options (and the ``extra`` global ones) as TOML that `--config` reads back (options left at
+    None are omitted)."""
+    scalars, tables = [f"{key} = {toml_value(value)}" for key, value in (extra or {}).items()], []
     for field in dataclasses.fields(cmd):
         value = getattr(cmd, field.name)
         key = field.name.replace("_", "-")
