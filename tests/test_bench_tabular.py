@@ -88,7 +88,7 @@ def test_reach_is_the_first_iteration_that_stays_below(race):
             hit = row["reach"][f"{threshold:g}"]
             assert (hit and hit["iteration"]) == by_hand
             if hit is not None and row["mode"] == "sampled":
-                assert hit["queries"] == pytest.approx(by_hand * QUERIES_PER_ROUND[row["solver"]])
+                assert hit["queries"] == by_hand * QUERIES_PER_ROUND[row["solver"]]       # integer counts
             checked += hit is not None
     assert checked >= 20        # most Nash solvers reach 1e-2 on these games: the comparison is not vacuous
 
@@ -214,6 +214,6 @@ def test_large_games_run_the_large_game_budget(tmp_path):
     report = json.loads((out / "results.json").read_text())
     assert {r["game"]: r["iterations"] for r in report["runs"]} == {"batch-256": 40, "rps": 60}
     batch = next(r for r in report["runs"] if r["game"] == "batch-256")
-    assert batch["final_gap"] < 1e-2 * report["games"]["batch-256"]["gap_at_mu"]
+    assert batch["final_gap"] < 1e-2 * report["games"]["batch-256"]["gap_at_mu"]     # the contraction bound above
     assert "On batch-256 (more than 1000 context-action pairs) every solver runs 40 iterations" in \
         (out / "README.md").read_text()

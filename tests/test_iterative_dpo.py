@@ -36,7 +36,7 @@ def scipy_bt_scores(P: np.ndarray, w: np.ndarray) -> np.ndarray:
         return ((P - 1.0 / (1.0 + np.exp(s[None, :] - s[:, None]))) * w[None, :]).sum(1)[1:]
 
     result = root(equations, np.zeros(len(w) - 1), method="hybr", tol=1e-13)
-    assert np.abs(equations(result.x)).max() <= 1e-13
+    assert np.abs(equations(result.x)).max() <= 1e-13       # scipy's own stopping tolerance (tol above)
     return np.concatenate([[0.0], result.x])
 
 
@@ -60,7 +60,7 @@ def test_bt_fit_matches_scipy():
         w = generator.dirichlet(np.ones(10) * 0.5)
         ours = fit_bradley_terry(game.P[c:c + 1], torch.tensor(w[None]), ridge=1e-10)[0].numpy()
         theirs = scipy_bt_scores(P, w)
-        assert np.abs((ours - ours[0]) - theirs).max() <= 1e-6
+        assert np.abs((ours - ours[0]) - theirs).max() <= 1e-6      # two iterative fits (ridge 1e-10): their accuracy
 
 
 def test_batched_bt_fit_matches_scipy_across_chunks():
@@ -76,7 +76,7 @@ def test_batched_bt_fit_matches_scipy_across_chunks():
     assert P.shape[0] > CHUNK
     for c in range(P.shape[0]):
         theirs = scipy_bt_scores(P[c].numpy(), w[c])
-        assert np.abs((ours[c] - ours[c, 0]) - theirs).max() <= 1e-6
+        assert np.abs((ours[c] - ours[c, 0]) - theirs).max() <= 1e-6    # as above: the fits' accuracy
 
 
 def test_linear_solve_falls_back_when_cholesky_fails():
