@@ -64,10 +64,13 @@ def check_prompts_fit(config: TrainConfig, prompts: list) -> None:
 
     from nashpref.lm.policy import render_prompt
 
-    context = getattr(AutoConfig.from_pretrained(config.policy), "max_position_embeddings", None)
+    try:
+        context = getattr(AutoConfig.from_pretrained(config.policy), "max_position_embeddings", None)
+        tokenizer = AutoTokenizer.from_pretrained(config.policy)
+    except Exception:         # the model loader names what is wrong with the model; this check is about prompts
+        return
     if not isinstance(context, int):
         return
-    tokenizer = AutoTokenizer.from_pretrained(config.policy)
     check_prompt_lengths(prompts, [len(render_prompt(tokenizer, p)) for p in prompts], config.max_new_tokens,
                          context)
 
