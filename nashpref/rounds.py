@@ -116,3 +116,7 @@ class SelfPlayRound:
             value = policy.log_prob(self.contexts, responses, normalize=normalize)
         self._log_probs[key] = (responses, value)    # holding the object keeps its id from being reused
         return value
+
+    def snapshot(self) -> Any:
+        """A copy of π_t that later optimizer steps do not change (for solvers that keep an anchor policy)."""
+        return self.previous.snapshot()

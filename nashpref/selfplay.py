@@ -106,6 +106,8 @@ def self_play(solver: Solver, policy, reference, oracle, optimizer: torch.optim.
         saved = backend.load(found, policy, optimizer)
         _restore_rngs(saved, generator)
         hooks.load_state_dict(saved["hooks"])
+        if solver.stateful:                     # an anchor policy (COMAL, MPO)
+            solver.load_state_dict(saved["solver"])
         state = {key: saved[key] for key in state}
 
     def new_round(contexts: Tensor) -> SelfPlayRound:
@@ -139,6 +141,8 @@ def self_play(solver: Solver, policy, reference, oracle, optimizer: torch.optim.
                                   evaluation))
         if checkpoints is not None and ((t + 1) % checkpoint_every == 0 or t + 1 == iterations):
             snapshot = state | _rng_state(generator) | {"hooks": hooks.state_dict()}
+            if solver.stateful:
+                snapshot["solver"] = solver.state_dict()
             save_checkpoint(checkpoints, t + 1, lambda directory: backend.save(directory, policy, optimizer,
                                                                               snapshot))
     return state

@@ -28,7 +28,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # two preferences per triple, K = 64 triples, in both extragradient half-rounds; SPPO and DNO all 28 pairs of
 # their K = 8 samples plus 1024 reference samples against each of the 8.
 QUERIES_PER_ROUND = {"online-ipo": 64, "nash-md": 64, "inpo": 28, "iterative-dpo": 28, "egpo": 2 * 2 * 64,
-                     "sppo": 28 + 1024 * 8, "dno": 28 + 1024 * 8}
+                     "sppo": 28 + 1024 * 8, "dno": 28 + 1024 * 8, "comal": 28, "mpo": 28, "spo": 28}
 # weighted-rps at τ = 0.1 (algorithms.md §10.3; games/weighted-rps.toml)
 WEIGHTED_RPS_EQUILIBRIUM = [0.562001, 0.225349, 0.212650]
 

@@ -22,6 +22,10 @@ from conftest_lm import tiny_dir  # noqa: F401  (fixture)
 from nashpref.errors import NashprefError
 from nashpref.io import read_jsonl
 from nashpref.solvers import REGISTRY
+from nashpref.solvers.comal import COMAL, Config as ComalConfig
+from nashpref.solvers.inpo import default_eta
+from nashpref.solvers.mpo import MPO
+from nashpref.solvers.spo import SPO
 from nashpref.cli import main
 from nashpref.lm.config import TrainConfig
 from nashpref.lm.trainer import run_train
@@ -73,6 +77,9 @@ PLAN = {
     "online-ipo": lambda k: (2 * k, k),                    # K pairs (y, y') from π_t
     "nash-md": lambda k: (2 * k, k),                       # K from π_t against K from the mixture
     "egpo": lambda k: (2 * 3 * k, 2 * 2 * k),              # two rounds (extragradient) of 3K samples, 2K queries
+    "comal": lambda k: (k, k * (k - 1) // 2),              # INPO's round (the anchor only adds log-probs)
+    "mpo": lambda k: (k, k * (k - 1) // 2),                # K from π_t, every pair (leave-one-out win-rates)
+    "spo": lambda k: (k, k * (k - 1) // 2),
 }
 
 
@@ -87,6 +94,11 @@ def first_loss(solver: str, preferences: list[float]) -> float | None:
         return (TAU / (TAU ** 2 + 0.25) / 2) ** 2
     if solver in ("dno", "iterative-dpo"):   # logistic losses at logit 0, whatever the (soft) label: log 2
         return math.log(2.0)
+    if solver == "comal":           # INPO's (η/2)² with COMAL's own τ: the anchor is π_0 = θ, so h = 0
+        return (default_eta(COMAL().prox_tau()) / 2) ** 2
+    if solver in ("spo", "mpo"):    # ρ = 1 and ν = π_0: −1/η − α − A, and the K = 2 advantages ±(p − ½) cancel
+        alpha, eta, _ = MPO().options() if solver == "mpo" else (0.0, SPO().sampled_eta(), None)
+        return -1.0 / eta - alpha
     return None                     # Nash-MD-PG's loss needs log π(y); EGPO's is taken at θ_{t+½}
 
 
@@ -141,6 +153,22 @@ def test_every_solver_trains_two_iterations_with_the_hf_sampler(solver, tiny_dir
     assert all(row["sync_seconds"] == 0.0 for row in result.rows)          # nothing to sync without vLLM
     initial = weights(tiny_dir / "policy")
     assert any(not torch.equal(initial[name], tensor) for name, tensor in weights(out / "final").items())
+
+
+def test_the_anchor_is_a_copy_of_the_policy_when_it_was_refreshed(tiny_dir, prompts_file, tmp_path):
+    """COMAL with period 1 takes its anchor at round 2 from π_1: it must hold exactly the weights a one-iteration
+    run ends with (same seed), not the live weights π_2 (a view) and not μ."""
+    solver = COMAL(ComalConfig(period=1))
+    run_train(make_config(tiny_dir, prompts_file, tmp_path / "two", "comal"), solver=solver, progress=False)
+    run_train(make_config(tiny_dir, prompts_file, tmp_path / "one", "comal", iterations=1),
+              solver=COMAL(ComalConfig(period=1)), progress=False)
+    anchor = dict(solver.anchor.policy.model.state_dict())
+    one, two, initial = (weights(d) for d in (tmp_path / "one" / "final", tmp_path / "two" / "final",
+                                              tiny_dir / "policy"))
+    assert solver.anchor.rounds == 2
+    assert all(torch.equal(anchor[name], one[name]) for name in one)
+    assert any(not torch.equal(anchor[name], two[name]) for name in two)
+    assert any(not torch.equal(anchor[name], initial[name]) for name in initial)
 
 
 def test_equal_weights_give_win_rate_one_half_and_zero_kl(tiny_dir, prompts_file, tmp_path):

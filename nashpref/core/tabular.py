@@ -59,6 +59,10 @@ class TabularPolicy(torch.nn.Module):
         copy.requires_grad_(False)
         return copy
 
+    def snapshot(self) -> "TabularPolicy":
+        """A frozen copy that outlives the round (an anchor such as COMAL's prox centre); the same as ``frozen``."""
+        return self.frozen()
+
 
 def _draw(log_probs: Tensor, n: int, generator: torch.Generator | None) -> Tensor:
     return torch.multinomial(log_probs.exp(), n, replacement=True, generator=generator)

@@ -178,6 +178,14 @@ class LMPolicy(torch.nn.Module):
                 self.sampler.verify_sync(self)
         return FrozenLMPolicy(self)
 
+    def snapshot(self) -> "LMPolicy":
+        """A frozen copy of the current weights that later optimizer steps do not change (an anchor that outlives
+        the round: COMAL's prox centre, MPO's magnet). Frozen base weights (LoRA) are shared, not copied."""
+        model = copy.deepcopy(self.model, memo={id(p): p for p in self.model.parameters() if not p.requires_grad})
+        model.requires_grad_(False)
+        return LMPolicy(model, self.tokenizer, self.prompts, sampling=self.sampling,
+                        eval_batch_size=self.eval_batch_size)
+
     # ---- trainable state ------------------------------------------------------------------------------------
     def trainable_state(self) -> dict[str, Tensor]:
         """The parameters that training changes (all of them, or only the LoRA adapter)."""
@@ -259,6 +267,10 @@ class FrozenLMPolicy:
 
     def frozen(self) -> "FrozenLMPolicy":
         return self
+
+    def snapshot(self) -> LMPolicy:
+        self._check_current()
+        return self.live.snapshot()
 
     def __getattr__(self, name: str) -> Any:
         # Read-only facts of the live policy (model, pad_id, eos_ids, sampling, ...).

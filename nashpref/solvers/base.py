@@ -61,6 +61,10 @@ class Policy(Protocol):
         """A detached snapshot π_t for one round (an LM also syncs its sampler's weights here)."""
         ...
 
+    def snapshot(self) -> "Policy":
+        """A frozen copy of the current weights that outlives the round (anchors: COMAL, MPO)."""
+        ...
+
 
 class Round(Protocol):
     """One self-play round as a solver sees it; built by the loop around the frozen iterate π_t."""
@@ -80,6 +84,10 @@ class Round(Protocol):
 
     def log_prob(self, responses: Any, model: Literal["previous", "reference"], normalize: bool = False) -> Tensor:
         """(B, M) log-probs under the frozen π_t ("previous") or μ ("reference"), without gradients."""
+        ...
+
+    def snapshot(self) -> Policy:
+        """A copy of π_t that later optimizer steps do not change (for solvers that keep an anchor policy)."""
         ...
 
 
@@ -114,6 +122,7 @@ class Solver(ABC):
     iterate: ClassVar[Iterate] = "last"     # which iterate carries the convergence guarantee
     needs_tau: ClassVar[bool] = True        # False for solvers of the unregularised game (SPPO, DNO)
     extragradient: ClassVar[bool] = False   # the loop runs the half-step / restore dance when True
+    stateful: ClassVar[bool] = False        # True: the loop checkpoints the solver's state_dict / load_state_dict
     # Tuned settings for sampled training of a tabular policy (`nashpref solve --mode sampled --recommended`):
     # SampledConfig fields, and this solver's own Config fields. What they reach: bench/solvers.md.
     sampled_defaults: ClassVar[dict] = {}

@@ -83,27 +83,37 @@ class INPO(Solver):
 
     # ---- sampled training ----------------------------------------------------------------------------------
     def collect(self, round: Round) -> Batch:
-        k = round.samples
-        require_samples(self.name, k)
-        responses = round.sample(k)
-        label = preference_matrix(round, responses, k)
-        i, j = torch.triu_indices(k, k, offset=1)
-        return {"contexts": round.contexts, "responses": responses, "label": label[:, i, j],
-                "log_prob_previous": round.log_prob(responses, "previous"),
-                "log_prob_reference": round.log_prob(responses, "reference"),
-                "tau": round_tau(round, self.name)}
+        responses, batch = pair_batch(round, self.name)
+        return batch | {"log_prob_reference": round.log_prob(responses, "reference"),
+                        "tau": round_tau(round, self.name)}
 
     def loss(self, batch: Batch, policy: Policy) -> tuple[Tensor, dict[str, float]]:
-        log_prob = policy.log_prob(batch["contexts"], batch["responses"])
         tau = batch["tau"]
-        eta = self.step_size(tau)
-        k = log_prob.shape[-1]
-        i, j = torch.triu_indices(k, k, offset=1)
+        return pair_loss(batch, policy, batch["log_prob_reference"], self.step_size(tau), tau), {}
 
-        def pair_difference(x: Tensor) -> Tensor:
-            x = x.to(log_prob)
-            return x[:, i] - x[:, j]
 
-        per_pair = inpo_loss(pair_difference(log_prob), pair_difference(batch["log_prob_reference"]),
-                             pair_difference(batch["log_prob_previous"]), batch["label"].to(log_prob), eta, tau)
-        return per_pair.mean(), {}
+def pair_batch(round: Round, name: str) -> tuple[object, Batch]:
+    """(responses, batch): K samples from π_t, the label of every unordered pair and π_t's log-probs."""
+    k = round.samples
+    require_samples(name, k)
+    responses = round.sample(k)
+    label = preference_matrix(round, responses, k)
+    i, j = torch.triu_indices(k, k, offset=1)
+    return responses, {"contexts": round.contexts, "responses": responses, "label": label[:, i, j],
+                       "log_prob_previous": round.log_prob(responses, "previous")}
+
+
+def pair_loss(batch: Batch, policy: Policy, log_prob_reference: Tensor, eta: float, tau: float) -> Tensor:
+    """Mean ``inpo_loss`` over every pair i < j of a ``pair_batch``, with the given reference log-probs (μ for
+    INPO, the previous outer iterate for COMAL)."""
+    log_prob = policy.log_prob(batch["contexts"], batch["responses"])
+    k = log_prob.shape[-1]
+    i, j = torch.triu_indices(k, k, offset=1)
+
+    def pair_difference(x: Tensor) -> Tensor:
+        x = x.to(log_prob)
+        return x[:, i] - x[:, j]
+
+    per_pair = inpo_loss(pair_difference(log_prob), pair_difference(log_prob_reference),
+                         pair_difference(batch["log_prob_previous"]), batch["label"].to(log_prob), eta, tau)
+    return per_pair.mean()
