@@ -9,6 +9,7 @@ import torch
 from torch.testing import assert_close
 
 from conftest import Scripted, lbfgs_minimiser
+from conftest_lm import tiny_dir  # noqa: F401  (fixture)
 from nashpref.equilibrium import extragradient_step, solve_equilibrium
 from nashpref.game import GameError, PreferenceGame, kl_divergence
 from nashpref.policies.tabular import TabularPolicy
@@ -170,3 +171,30 @@ def test_sampled_training_with_bernoulli_labels(random_game):
     game = random_game(7, 0, 0.1)
     run = run_sampled(game, solver(), SampledConfig(iterations=500, labels="bernoulli"))
     assert run.metrics[-1]["gap"] <= 0.03
+
+
+# ---- language model, end to end through the command line -------------------------------------------------------
+def test_train_command_on_the_tiny_model(tiny_dir, tmp_path):
+    """`nashpref train --solver nash-mp`, hf sampler, 2 iterations, K = 3, 4 prompts: 4K queries per prompt and
+    iteration. The reported loss is the full step's at θ_t = π_t = μ, the mean of (ηa(P(y ≻ y'') − P(y' ≻ y'')))²
+    over the full step's saved queries, ηa = η/(1+ητ)."""
+    import json
+
+    from nashpref.cli import main
+    from nashpref.outputs import read_jsonl
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in
+                               ["describe the red cat", "tell me about a robot", "what is the sea like?",
+                                "say one thing about a star", "describe a green hill"]), encoding="utf-8")
+    out = tmp_path / "run"
+    assert main(["train", "--policy", str(tiny_dir / "policy"), "--preference", f"reward:{tiny_dir / 'reward'}",
+                 "--prompts", str(prompts), "--solver", "nash-mp", "--sampler", "hf", "--heldout", "1",
+                 "--samples", "3", "--eval-samples", "2", "--max-new-tokens", "6", "--iterations", "2",
+                 "--tau", "0.25", "--lr", "1e-3", "--out", str(out)]) == 0
+    rows = read_jsonl(out / "metrics.jsonl")
+    saved = torch.tensor([r["preference"] for r in read_jsonl(out / "rounds" / "iteration-0001.jsonl")], dtype=F64)
+    assert saved.numel() == 4 * 4 * 3 and rows[0]["queries"] == 48 and rows[1]["queries"] == 96
+    full = saved[24:].reshape(2, -1)            # the full step's two prefer calls: (y, y''), then (y', y'')
+    expected = ((full[0] - full[1]) * 2.0 / (1 + 2.0 * 0.25)).square().mean().item()
+    assert rows[0]["loss"] == pytest.approx(expected, rel=1e-4, abs=1e-7)

@@ -10,6 +10,7 @@ import torch
 from torch.testing import assert_close
 
 from conftest import Scripted, lbfgs_minimiser
+from conftest_lm import tiny_dir  # noqa: F401  (fixture)
 from nashpref.equilibrium import solve_equilibrium
 from nashpref.game import GameError, PreferenceGame, kl_divergence
 from nashpref.policies.tabular import TabularPolicy
@@ -165,3 +166,30 @@ def test_generic_sampled_run_reaches_the_regularised_equilibrium(random_game, se
     game = random_game(7, seed, 0.1)
     run = run_sampled(game, solver(), SampledConfig(iterations=500, seed=seed))
     assert run.metrics[-1]["gap"] <= 0.02 and run.metrics[-1]["gap_last"] <= 0.01
+
+
+# ---- language model, end to end through the command line -------------------------------------------------------
+def test_train_command_on_the_tiny_model(tiny_dir, tmp_path):
+    """`nashpref train --solver onpo`, hf sampler, 2 iterations, K = 3, 4 prompts. Round 1 has no memory, so its
+    loss at θ = π_t = μ is the mean of (η(P − ½))² over the saved pairs (η = 1/(1+τ)); round 2 adds K queries per
+    prompt against round 1's responses."""
+    import json
+
+    from nashpref.cli import main
+    from nashpref.outputs import read_jsonl
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in
+                               ["describe the red cat", "tell me about a robot", "what is the sea like?",
+                                "say one thing about a star", "describe a green hill"]), encoding="utf-8")
+    out = tmp_path / "run"
+    assert main(["train", "--policy", str(tiny_dir / "policy"), "--preference", f"reward:{tiny_dir / 'reward'}",
+                 "--prompts", str(prompts), "--solver", "onpo", "--sampler", "hf", "--heldout", "1",
+                 "--samples", "3", "--eval-samples", "2", "--max-new-tokens", "6", "--iterations", "2",
+                 "--tau", "0.25", "--lr", "1e-3", "--out", str(out)]) == 0
+    rows = read_jsonl(out / "metrics.jsonl")
+    first = [r["preference"] for r in read_jsonl(out / "rounds" / "iteration-0001.jsonl")]
+    assert len(first) == 4 * 3 and rows[1]["pairs"] == 4 * (3 + 3)
+    expected = ((torch.tensor(first, dtype=F64) - 0.5) / 1.25).square().mean().item()
+    assert rows[0]["loss"] == pytest.approx(expected, rel=1e-4, abs=1e-7)
+    assert rows[1]["optimistic"] == 1.0 and rows[0]["optimistic"] == 0.0
