@@ -75,8 +75,9 @@ class NashMP(Solver):
     iterate = "last"
     needs_tau = True
     extragradient = True
-    # tests/test_nash_mp.py: see the sampled tests there for what these reach
-    sampled_defaults = {"lr": 0.05, "optimizer": "adam", "samples": 16, "iterations": 300, "epochs": 4}
+    # the generic settings (tests/test_nash_mp.py): gap ≤ 0.0153 on random N ≤ 10 games at τ = 0.1, 16 000 queries;
+    # 4 epochs of Adam lr 0.05 (K = 16) fitted the noise instead (up to 0.086)
+    sampled_defaults = {"lr": 0.01, "optimizer": "adam", "samples": 8, "iterations": 500}
 
     def __init__(self, config: Config | None = None):
         super().__init__(config)
