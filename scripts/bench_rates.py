@@ -23,8 +23,8 @@ import torch
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from nashpref.exact import run_exact  # noqa: E402
-from nashpref.gamefile import load_game  # noqa: E402
+from nashpref.core.exact import run_exact  # noqa: E402
+from nashpref.core.gamefile import load_game  # noqa: E402
 from nashpref.solvers import get_solver  # noqa: E402
 
 AVERAGE_SOLVERS = ("sppo", "dno", "onpo")

@@ -10,12 +10,12 @@ from torch.testing import assert_close
 
 from conftest import Scripted, lbfgs_minimiser
 from conftest_lm import tiny_dir  # noqa: F401  (fixture)
-from nashpref.equilibrium import extragradient_step, solve_equilibrium
-from nashpref.game import GameError, PreferenceGame, kl_divergence
-from nashpref.policies.tabular import TabularPolicy
-from nashpref.preferences.matrix import MatrixOracle
+from nashpref.core.equilibrium import extragradient_step, solve_equilibrium
+from nashpref.core.game import GameError, PreferenceGame, kl_divergence
+from nashpref.core.tabular import TabularPolicy
+from nashpref.core.tabular import MatrixOracle
 from nashpref.sampled import SampledConfig, run_sampled
-from nashpref.selfplay import SelfPlayRound
+from nashpref.rounds import SelfPlayRound
 from nashpref.solvers import get_solver
 from nashpref.solvers.nash_mp import nash_mp_loss
 
@@ -181,7 +181,7 @@ def test_train_command_on_the_tiny_model(tiny_dir, tmp_path):
     import json
 
     from nashpref.cli import main
-    from nashpref.outputs import read_jsonl
+    from nashpref.io import read_jsonl
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in

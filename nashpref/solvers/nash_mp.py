@@ -37,9 +37,9 @@ import math
 import torch
 from torch import Tensor
 
-from nashpref.game import PreferenceGame
+from nashpref.core.game import PreferenceGame
 from nashpref.solvers.base import Batch, Policy, Round, Solver, SolverConfig, register
-from nashpref.solvers.common import check_number, require_tau, round_tau
+from nashpref.solvers.checks import check_number, require_tau, round_tau
 
 DEFAULT_ETA = 2.0           # 1/L: the mirror-prox step for the ½-Lipschitz preference operator
 DEFAULT_DECADES = 12        # default budget: (1 + ητ)^(−t) ≤ 10^-12

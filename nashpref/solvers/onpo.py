@@ -43,10 +43,11 @@ import math
 import torch
 from torch import Tensor
 
-from nashpref.game import GameError, PreferenceGame
-from nashpref.solvers._shared_b import hedge_log_range, preference_matrix, require_samples
+from nashpref.core.game import GameError, PreferenceGame
 from nashpref.solvers.base import Batch, Policy, Round, Solver, SolverConfig, register
-from nashpref.solvers.common import check_number
+from nashpref.solvers.checks import check_number, require_samples
+from nashpref.solvers.hedge import hedge_log_range
+from nashpref.solvers.win_rates import preference_matrix
 
 MAX_DEFAULT_ITERATIONS = 200_000
 
