@@ -80,7 +80,10 @@ PLAN = {
     "comal": lambda k: (k, k * (k - 1) // 2),              # INPO's round (the anchor only adds log-probs)
     "mpo": lambda k: (k, k * (k - 1) // 2),                # K from π_t, every pair (leave-one-out win-rates)
     "spo": lambda k: (k, k * (k - 1) // 2),
+    "onpo": lambda k: (k, k * (k - 1) // 2),               # + K queries against the previous round from round 2
+    "nash-mp": lambda k: (3 * k + k, 2 * k + 2 * k),       # pairs + opponents at π_t, fresh opponents at π_{t+½}
 }
+LATER_QUERIES = {"onpo": lambda k: k * (k - 1) // 2 + k}   # solvers whose later rounds query more
 
 
 def first_loss(solver: str, preferences: list[float]) -> float | None:
@@ -99,6 +102,11 @@ def first_loss(solver: str, preferences: list[float]) -> float | None:
     if solver in ("spo", "mpo"):    # ρ = 1 and ν = π_0: −1/η − α − A, and the K = 2 advantages ±(p − ½) cancel
         alpha, eta, _ = MPO().options() if solver == "mpo" else (0.0, SPO().sampled_eta(), None)
         return -1.0 / eta - alpha
+    if solver == "onpo":            # round 1 has no memory: (0 − η(p − ½))², η = 1/(1+τ)
+        return (((p - 0.5) / (1 + TAU)) ** 2).mean().item()
+    if solver == "nash-mp":         # the full step's loss at θ_t = μ: (ηa(P(y ≻ y'') − P(y' ≻ y'')))², ηa = 2/(1+2τ)
+        full = p[len(p) // 2:].reshape(2, -1)                # its two prefer calls: (y, y''), then (y', y'')
+        return (((full[0] - full[1]) * 2 / (1 + 2 * TAU)) ** 2).mean().item()
     return None                     # Nash-MD-PG's loss needs log π(y); EGPO's is taken at θ_{t+½}
 
 
@@ -113,7 +121,9 @@ def check_run(out: Path, solver: str, rows: list[dict], iterations: int = 2, sam
     for row in rows:
         pairs = read_jsonl(out / "rounds" / f"iteration-{row['iteration']:04d}.jsonl")
         assert row["samples"] == samples * TRAIN_PROMPTS
-        assert row["pairs"] == len(pairs) == queries * TRAIN_PROMPTS
+        expected_queries = LATER_QUERIES[solver](SAMPLES) if row["iteration"] > 1 and solver in LATER_QUERIES \
+            else queries
+        assert row["pairs"] == len(pairs) == expected_queries * TRAIN_PROMPTS
         total += len(pairs)
         assert row["queries"] == total
         assert all(0.0 <= r["preference"] <= 1.0 and r["prompt"] == PROMPTS[r["prompt_row"]] for r in pairs)

@@ -7,6 +7,7 @@ its module to the import line below, and give it a test twin ``tests/test_<name>
 from nashpref.solvers.base import REGISTRY, Solver, SolverConfig, option_field, register
 from nashpref.solvers import nash_md, sppo, inpo, egpo, dno, online_ipo, iterative_dpo  # noqa: F401,E402  (registers)
 from nashpref.solvers import comal, mpo, spo  # noqa: F401,E402  (registers)
+from nashpref.solvers import onpo, nash_mp  # noqa: F401,E402  (registers)
 
 __all__ = ["REGISTRY", "Solver", "SolverConfig", "register", "option_field", "get_solver"]
 
