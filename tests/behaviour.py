@@ -34,8 +34,13 @@ def solvers() -> list[str]:
     return list(REGISTRY)
 
 
+# Added to every row after the recording (which backend and which weights drew the samples; tested in
+# tests/test_vllm_mixture.py): not part of the recorded behaviour.
+PROVENANCE = ("samplers", "sample_weights", "round_weights", "trained_weights")
+
+
 def without_timing(row: dict) -> dict:
-    return {key: value for key, value in row.items() if not key.endswith("seconds")}
+    return {key: value for key, value in row.items() if not key.endswith("seconds") and key not in PROVENANCE}
 
 
 def read_jsonl(path: Path) -> list[dict]:

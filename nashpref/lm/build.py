@@ -47,14 +47,33 @@ def sampling_config(config: TrainConfig) -> SamplingConfig:
                           top_p=config.top_p, top_k=config.top_k)
 
 
-def make_vllm_engine(config: TrainConfig):
-    """A VLLMSampler on the policy's initial weights with the pass-through options."""
+def make_vllm_engine(config: TrainConfig, mixture: bool = False):
+    """A VLLMSampler on the policy's initial weights with the pass-through options. With ``mixture`` (a solver
+    that samples π^(1−β) μ^β) and models the two-stack engine can hold: a VLLMMixtureSampler, which also holds
+    the reference and samples the policy, the mixture and the reference. With LoRA the engine gets only the
+    adapter at each sync."""
     from nashpref.lm.samplers.vllm import VLLMSampler
 
-    return VLLMSampler(config.policy, sampling_config(config), dtype=config.dtype, seed=config.seed,
-                       tolerance=config.sync_tolerance, gpu_memory_utilization=config.gpu_memory_utilization,
-                       tensor_parallel_size=config.tensor_parallel_size,
-                       enable_sleep_mode=config.enable_sleep_mode, max_model_len=config.max_model_len)
+    options = dict(dtype=config.dtype, seed=config.seed, tolerance=config.sync_tolerance,
+                   gpu_memory_utilization=config.gpu_memory_utilization,
+                   tensor_parallel_size=config.tensor_parallel_size, enable_sleep_mode=config.enable_sleep_mode,
+                   max_model_len=config.max_model_len)
+    if config.lora_rank > 0:
+        from nashpref.lm.samplers.vllm_lora import lora_engine_options
+
+        options["engine_kwargs"] = lora_engine_options(config.lora_rank, lora_modules(config))
+    if mixture:
+        from nashpref.lm.samplers.vllm_mixture import VLLMMixtureSampler, mixture_supported
+
+        if mixture_supported(config.policy, config.reference) is None:
+            return VLLMMixtureSampler(config.policy, sampling_config(config), reference=config.reference,
+                                      **options)
+    return VLLMSampler(config.policy, sampling_config(config), **options)
+
+
+def lora_modules(config: TrainConfig) -> str | list[str]:
+    modules = config.lora_target_modules
+    return modules if modules == "all-linear" else [m.strip() for m in modules.split(",")]
 
 
 def check_prompts_fit(config: TrainConfig, prompts: list) -> None:
@@ -81,9 +100,8 @@ def load_policies(config: TrainConfig, prompts: list, sampler) -> tuple[Any, Any
 
     lora = None
     if config.lora_rank > 0:
-        modules = config.lora_target_modules
         lora = {"r": config.lora_rank, "lora_alpha": config.lora_alpha or 2 * config.lora_rank,
-                "target_modules": modules if modules == "all-linear" else [m.strip() for m in modules.split(",")]}
+                "target_modules": lora_modules(config)}
     return LMPolicy.from_pretrained(config.policy, prompts, device=config.device, dtype=config.dtype, lora=lora,
                                     reference=config.reference, sampler=sampler, sampling=sampling_config(config),
                                     verify_every_sync=False)

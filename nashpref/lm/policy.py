@@ -49,9 +49,10 @@ class LMPolicy(torch.nn.Module):
     """π(y | x) of a causal LM over a fixed list of prompts; implements the ``Policy`` protocol.
 
     ``sampler`` draws ``sample`` (an ``HFSampler`` on this model by default, or a ``VLLMSampler``); the
-    geometric mixture of ``sample_mixture`` always runs in transformers with both KV caches on. With a sampler
-    that holds its own weights (vLLM), ``frozen()`` makes sure it holds the current ones (``ensure_synced``: a sync
-    only when they changed) and, if ``verify_every_sync``, checks them.
+    geometric mixture of ``sample_mixture`` runs in the sampler when it has ``sample_mixture`` (the vLLM
+    mixture engine), else in transformers with both KV caches on. With a sampler that holds its own weights
+    (vLLM), ``frozen()`` makes sure it holds the current ones (``ensure_synced``: a sync only when they changed)
+    and, if ``verify_every_sync``, checks them.
     """
 
     def __init__(self, model, tokenizer, prompts: Sequence[Prompt], *, sampler=None,
@@ -160,14 +161,31 @@ class LMPolicy(torch.nn.Module):
 
     def sample(self, contexts: Tensor, n: int, generator: torch.Generator | None = None) -> TokenResponses:
         """(B, n) responses drawn by this policy's sampler with its sampling options."""
-        return self.sampler.sample(self, _as_index(contexts), n, generator)
+        out = self.sampler.sample(self, _as_index(contexts), n, generator)
+        self._note("policy", self.sampler)
+        return out
 
     def sample_mixture(self, contexts: Tensor, n: int, reference: "LMPolicy", beta: float,
                        generator: torch.Generator | None = None) -> TokenResponses:
-        """(B, n) responses from the token-level geometric mixture π^(1−β) μ^β (transformers, KV cache on)."""
+        """(B, n) responses from the token-level geometric mixture π^(1−β) μ^β: in the sampler's engine when it
+        holds both models (vLLM mixture engine), else in transformers with both KV caches on."""
+        if hasattr(self.sampler, "sample_mixture"):
+            out = self.sampler.sample_mixture(self, reference, _as_index(contexts), n, beta, generator)
+            self._note("mixture", self.sampler)
+            return out
         from nashpref.lm.samplers.hf import sample_mixture
 
-        return sample_mixture(self, reference, _as_index(contexts), n, beta, self.sampling, generator)
+        out = sample_mixture(self, reference, _as_index(contexts), n, beta, self.sampling, generator)
+        self._note("mixture", None)
+        return out
+
+    provenance = None
+    """(SampleLedger, role) while a trainer records who drew each sample from which weights."""
+
+    def _note(self, call: str, sampler) -> None:
+        if self.provenance is not None:
+            ledger, role = self.provenance
+            ledger.note(role, call, sampler)
 
     def frozen(self) -> "FrozenLMPolicy":
         """π_t: a no-grad view of the current weights (see the module docstring); a sampler holding its own

@@ -35,6 +35,7 @@ from nashpref.lm.checkpoints import CHECKPOINTS, latest_state
 from nashpref.lm.config import TrainConfig, describe_config, make_solver
 from nashpref.lm.evaluation import HeldOutEvaluator
 from nashpref.lm.loading import check_model_path, require_lm_extra
+from nashpref.lm.provenance import SampleLedger
 from nashpref.selfplay import Hooks, Iteration, self_play
 from nashpref.solvers import Solver
 
@@ -62,9 +63,11 @@ class TrainHooks(Hooks):
     record_queries = True
 
     def __init__(self, out: Path, evaluator: HeldOutEvaluator | None, sampler, prompt_rows: list[int], bar,
-                 rows: list[dict], write: bool):
+                 rows: list[dict], write: bool, ledger: SampleLedger | None = None):
         self.out, self.evaluator, self.sampler, self.prompt_rows = out, evaluator, sampler, prompt_rows
         self.bar, self.rows, self.write = bar, rows, write
+        self.ledger = ledger if ledger is not None else SampleLedger()
+        self.round_step = 0
         self.started = False
         self.tracker = None                 # nashpref.tracking: every number of each row, per iteration
         self.sync = {"start": 0.0, "evaluation": 0.0}     # sync seconds at round start, during evaluation
@@ -79,10 +82,13 @@ class TrainHooks(Hooks):
             self.evaluator.start()          # π_t's and μ's responses, once the weights are restored
             self.started = True
         self.sync["start"] = self.synced()
+        self.ledger.phase, self.round_step = "round", self.ledger.weights_step
 
     def evaluate(self, iteration: int) -> dict[str, float]:
         before, start = self.synced(), time.perf_counter()
+        self.ledger.phase = "heldout"
         result = self.evaluator() if self.evaluator is not None else {}    # syncs π_{t+1} into a vLLM engine
+        self.ledger.phase = None
         self.evaluation_seconds = time.perf_counter() - start
         self.sync["evaluation"] = self.synced() - before
         self.sync["round"] = before - self.sync["start"]
@@ -95,6 +101,10 @@ class TrainHooks(Hooks):
         row = {"iteration": report.iteration} | report.metrics
         row |= {"queries": report.queries, "pairs": len(pairs), "samples": sum(r.drawn for r in report.rounds)}
         row |= report.evaluation
+        backends, labels, stale = self.ledger.take()
+        row |= {"samplers": backends, "sample_weights": labels, "round_weights": self.round_step,
+                "trained_weights": self.ledger.weights_step}
+        SampleLedger.check(report.iteration, stale)     # before anything of this iteration is written
         row |= {"sampling_seconds": sampling, "judging_seconds": judging,
                 "sync_seconds": self.sync["round"] + self.sync["evaluation"],
                 "training_seconds": report.round_seconds - sampling - judging - self.sync["round"],
@@ -122,10 +132,11 @@ class TrainHooks(Hooks):
         return rows
 
     def state_dict(self) -> dict:
-        return {"rows": [dict(row) for row in self.rows]}
+        return {"rows": [dict(row) for row in self.rows], "weights_step": self.ledger.weights_step}
 
     def load_state_dict(self, state: dict) -> None:
         self.rows[:] = [dict(row) for row in state["rows"]]
+        self.ledger.weights_step = state.get("weights_step", 0)
 
 
 def run_train(config: TrainConfig, solver: Solver | None = None, *, engine=None,
@@ -157,10 +168,15 @@ def run_train(config: TrainConfig, solver: Solver | None = None, *, engine=None,
     oracle = load_text_oracle(config.preference, device=config.device, dtype=config.dtype)
     sampler = None
     if kind == "vllm":
-        sampler = engine if engine is not None else make_vllm_engine(config)
+        mixture = getattr(solver, "samples_mixture", False)
+        sampler = engine if engine is not None else make_vllm_engine(config, mixture)
         sampler.verify = config.verify_sync
     torch.manual_seed(config.seed)              # a LoRA adapter's initial weights come from the global RNG
     policy, reference = load_policies(config, ordered, sampler)
+    if hasattr(sampler, "reference_sampler"):
+        reference.sampler = sampler.reference_sampler()     # μ's samples from the engine's reference half
+        if config.verify_sync:
+            sampler.verify_reference(reference)
     probe_oracle(oracle, policy, config.preference, config.seed)
 
     config.out.mkdir(parents=True, exist_ok=True)
@@ -203,7 +219,14 @@ def _train(config, solver, policy, reference, oracle, sampler, train_rows, heldo
         evaluator = HeldOutEvaluator(policy, reference, oracle, torch.arange(num_train, num_train + len(heldout_rows)),
                                      config.eval_samples, config.seed + 1)
     bar = _progress_bar(config.iterations, done, solver.name, progress)
-    hooks = TrainHooks(out, evaluator, sampler, train_rows + heldout_rows, bar, rows, backend.is_main)
+    ledger = SampleLedger()                 # labels the policy's weights with its optimizer steps
+    optimizer.register_step_post_hook(ledger.on_step)
+    ledger.attach(policy, "policy")
+    ledger.attach(reference, "reference")
+    if sampler is not None:
+        sampler.ledger = ledger
+        sampler._held = None                # the next sync is labelled
+    hooks = TrainHooks(out, evaluator, sampler, train_rows + heldout_rows, bar, rows, backend.is_main, ledger)
     hooks.tracker = tracker if backend.is_main else None
     with bar:
         state = self_play(solver, policy, reference, oracle, optimizer, num_contexts=num_train,

@@ -63,6 +63,7 @@ class Config(SolverConfig):
 class NashMD(Solver):
     name = "nash-md"
     Config = Config
+    samples_mixture = True          # train --sampler vllm then starts the two-stack mixture engine
 
     @property
     def sampled_defaults(self) -> dict:

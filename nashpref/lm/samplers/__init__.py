@@ -1,1 +1,2 @@
-"""Samplers of language-model responses: transformers (``hf``) and an in-process vLLM engine (``vllm``)."""
+"""Samplers of language-model responses: transformers (``hf``), an in-process vLLM engine (``vllm``) and the
+vLLM engine holding the policy and the reference for Nash-MD's mixture (``vllm_mixture``)."""

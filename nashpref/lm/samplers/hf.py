@@ -22,6 +22,8 @@ __all__ = ["HFSampler", "MixtureDecoder", "sample_mixture", "generate_texts", "c
 class HFSampler:
     """``sample(policy, contexts, n, generator)`` with transformers ``generate`` on the policy's own module."""
 
+    backend = "hf"
+
     def __init__(self, config: SamplingConfig | None = None, batch_size: int = 64):
         self.config = config or SamplingConfig()
         self.batch_size = batch_size

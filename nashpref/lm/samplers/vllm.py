@@ -12,9 +12,12 @@ After a sync the prefix cache is reset (its KV blocks were computed with the old
 teacher-forces a fixed probe through the engine (``prompt_logprobs``) and through the policy and raises
 :class:`WeightSyncError` when the mean per-token log-prob difference exceeds the tolerance.
 
-Nash-MD's geometric mixture is *not* sampled here: a vLLM logits processor sees only the engine's own logits,
-and the reference model's logits would need a second model with its own KV cache per request inside the
-engine's step; ``LMPolicy.sample_mixture`` uses the transformers decoder (both KV caches on) instead.
+With ``enable_lora`` in the engine and a LoRA policy, a sync publishes only the adapter, as a new
+``LoRARequest`` (``nashpref.lm.samplers.vllm_lora``); no merged copy of the weights is made.
+
+Nash-MD's geometric mixture is not sampled by this engine (a logits processor sees only the engine's own
+logits): ``nashpref.lm.samplers.vllm_mixture.VLLMMixtureSampler`` is a subclass whose engine holds the policy
+and the reference as two decoder stacks.
 """
 
 from __future__ import annotations
@@ -51,6 +54,9 @@ class VLLMSampler:
     any other ``vllm.LLM`` keyword in ``engine_kwargs``. On CPU ``kv_cache_memory_bytes`` defaults to 1 GiB and
     ``enforce_eager`` to True.
     """
+
+    backend = "vllm"
+    adapter_prefix = ""                 # where a LoRA adapter's modules sit in the engine's model
 
     def __init__(self, model: str, config: SamplingConfig | None = None, *, dtype: str = "auto", seed: int = 0,
                  tolerance: float | None = None, probe_size: int = 4, gpu_memory_utilization: float = 0.5,
@@ -101,21 +107,34 @@ class VLLMSampler:
         self.sync_seconds = 0.0
         self._held: tuple | None = None         # (weak reference to the synced policy, its tensors' versions)
         self._verified: int | None = None
+        self.lora_request = None        # with enable_lora: the policy's adapter, republished at every sync
+        self.ledger = None              # a SampleLedger (nashpref.lm.provenance): labels each sync's weights
+        self.synced_step: int | None = None
+        self._adapters = None
+        if kwargs.get("enable_lora"):
+            from nashpref.lm.samplers.vllm_lora import AdapterPublisher
+
+            self._adapters = AdapterPublisher(self.adapter_prefix)
 
     # ---- sampling -------------------------------------------------------------------------------------------
     def sample(self, policy, contexts: Tensor, n: int, generator: torch.Generator | None = None) -> TokenResponses:
+        self.ensure_synced(policy)
+        return self._draw(policy, contexts, n, generator)
+
+    def _draw(self, policy, contexts: Tensor, n: int, generator: torch.Generator | None) -> TokenResponses:
+        """Responses from the engine's weights as they are (no sync)."""
         from vllm import SamplingParams
 
-        self.ensure_synced(policy)
         self._wake(policy)
         seed = draw_seed(generator)
         config = self.config
         ids = [policy.prompt_ids[c] for c in contexts.tolist()]
         params = [SamplingParams(n=n, temperature=config.temperature, top_p=config.top_p, top_k=config.top_k,
-                                 max_tokens=config.max_new_tokens, seed=seed + i, logprobs=0,
+                                 max_tokens=config.max_new_tokens, seed=s, logprobs=0,
                                  stop_token_ids=list(policy.eos_ids), detokenize=False)
-                  for i in range(len(ids))]
-        outputs = self.llm.generate([{"prompt_token_ids": row} for row in ids], params, use_tqdm=False)
+                  for s in request_seeds(seed, len(ids), n)]
+        outputs = self.llm.generate([{"prompt_token_ids": row} for row in ids], params, use_tqdm=False,
+                                    lora_request=self.lora_request)
         sequences, logprobs = [], []
         for out in outputs:
             seqs = [list(c.token_ids) for c in out.outputs]
@@ -129,14 +148,26 @@ class VLLMSampler:
 
     # ---- weight sync ----------------------------------------------------------------------------------------
     def sync_weights(self, policy) -> float:
-        """Push ``policy``'s current weights (LoRA merged) into the engine; returns the seconds it took."""
+        """Push ``policy``'s current weights into the engine (LoRA merged, or with ``enable_lora`` only the
+        adapter, as a new ``LoRARequest``); returns the seconds it took."""
         start = time.perf_counter()
         self._wake(policy, resync=False)
         self._load(policy)
         self.version += 1
+        self.synced_step = None if self.ledger is None else self.ledger.weights_step
         self._held = (weakref.ref(policy), _versions(policy))
         self.last_sync_seconds = time.perf_counter() - start
         return self.last_sync_seconds
+
+    def _load_adapter(self, policy) -> bool:
+        """With LoRA in the engine and in the policy: publish only the adapter (no merged weights)."""
+        from nashpref.lm.samplers.vllm_lora import has_adapter
+
+        if self._adapters is None or not has_adapter(policy.model):
+            return False
+        self.lora_request = self._adapters.publish(policy)
+        self.llm.reset_prefix_cache()
+        return True
 
     def ensure_synced(self, policy) -> None:
         """Sync ``policy`` unless the engine already holds its current weights; with ``verify``, check each sync
@@ -152,19 +183,27 @@ class VLLMSampler:
         self.sync_seconds += time.perf_counter() - start
 
     def _load(self, policy) -> None:
+        if self._load_adapter(policy):
+            return
         state = policy.full_state()
         if self._single_inprocess_worker():
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(state.items())})
         else:
-            from safetensors.torch import save_file
-
-            if self._weights_dir is None:
-                self._weights_dir = tempfile.TemporaryDirectory(prefix="nashpref-vllm-weights-")
-            path = Path(self._weights_dir.name)
-            save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, path / "model.safetensors")
+            path = self._write_weights(state)
             policy.model.config.to_json_file(path / "config.json")
             self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(path)})
         self.llm.reset_prefix_cache()
+
+    def _write_weights(self, state: dict) -> Path:
+        """``state`` as model.safetensors (written aside, then renamed) in the sampler's own directory."""
+        from safetensors.torch import save_file
+
+        if self._weights_dir is None:
+            self._weights_dir = tempfile.TemporaryDirectory(prefix="nashpref-vllm-weights-")
+        path = Path(self._weights_dir.name)
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, path / "model.safetensors.tmp")
+        os.replace(path / "model.safetensors.tmp", path / "model.safetensors")
+        return path
 
     def _single_inprocess_worker(self) -> bool:
         core = getattr(self.llm.llm_engine, "engine_core", None)
@@ -177,9 +216,16 @@ class VLLMSampler:
         from vllm import SamplingParams
 
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
-        outputs = self.llm.generate([{"prompt_token_ids": s} for s in sequences], params, use_tqdm=False)
+        outputs = self.llm.generate([{"prompt_token_ids": s} for s in sequences], params, use_tqdm=False,
+                                    lora_request=self.lora_request)
         return [[out.prompt_logprobs[i][seq[i]].logprob for i in range(1, len(seq))]
                 for out, seq in zip(outputs, sequences)]
+
+    def probe_errors(self, model, probe: list[list[int]]) -> Tensor:
+        """|engine − model| log-prob of every probe token after the first (teacher forcing)."""
+        engine = self.engine_log_probs(probe)
+        mine = policy_sequence_log_probs(model, probe)
+        return torch.cat([(torch.tensor(e) - m).abs() for e, m in zip(engine, mine)])
 
     def verify_sync(self, policy, probe: list[list[int]] | None = None, tolerance: float | None = None) -> float:
         """Mean |engine − policy| per-token log-prob on the probe; raises :class:`WeightSyncError` above the
@@ -191,9 +237,7 @@ class VLLMSampler:
             if self._probe is None:
                 self._probe = self._recent or [list(p) for p in policy.prompt_ids[: self.probe_size]]
             probe = self._probe
-        engine = self.engine_log_probs(probe)
-        mine = policy_sequence_log_probs(policy, probe)
-        diffs = torch.cat([(torch.tensor(e) - m).abs() for e, m in zip(engine, mine)])
+        diffs = self.probe_errors(policy, probe)
         error, worst = diffs.mean().item(), diffs.max().item()
         self.last_verify_error = error
         self.last_verify_seconds = time.perf_counter() - start
@@ -228,6 +272,8 @@ class VLLMSampler:
         self.llm = None
         if self._weights_dir is not None:
             self._weights_dir.cleanup()
+        if self._adapters is not None:
+            self._adapters.close()
 
 
 def _versions(policy) -> tuple[int, ...]:
@@ -245,3 +291,9 @@ def policy_sequence_log_probs(policy, sequences: list[list[int]]) -> list[Tensor
             values = live._token_log_probs([seq[:1]], tokens, torch.ones_like(tokens, dtype=torch.bool))
             result.append(values[0].cpu())
     return result
+
+
+def request_seeds(seed: int, rows: int, n: int) -> list[int]:
+    """One seed per prompt. vLLM gives the k-th of a request's n samples the seed ``seed + k``, so prompts' seeds
+    are n apart: with ``seed + i`` prompt i's sample k and prompt i+1's sample k−1 would share one random stream."""
+    return [seed + i * n for i in range(rows)]
