@@ -170,6 +170,8 @@ class FSDPBackend(DataParallelBackend):
         cannot (each of its forwards is a collective)."""
         model = _module(policy)
         model.to(self.device)
+        if model is not policy and hasattr(policy, "frozen"):
+            attach_twin(policy, self)
         shard_layers(model, self.device)
         if reference is not None:
             _module(reference).to(self.device)
@@ -199,6 +201,42 @@ class DDPBackend(DataParallelBackend):
         for p in params:
             p.grad.copy_(flat[offset:offset + p.grad.numel()].view_as(p.grad))
             offset += p.grad.numel()
+
+
+def attach_twin(policy: nn.Module, backend: DataParallelBackend) -> nn.Module:
+    """Give a language-model policy (about to be sharded) an unsharded copy that samples for it.
+
+    A sharded module's every forward is a collective, but generation runs a data-dependent number of forwards
+    per rank (responses end at different lengths). So ``frozen()``, ``sample``, ``sample_mixture`` and
+    ``full_state`` of the policy go to the copy, refreshed from the shards (all ranks together, one
+    parameter at a time) whenever the trainable weights changed since the last refresh; the training forward
+    and backward use the shards. The copy is what a vLLM engine would hold; it holds no gradient or optimizer
+    state."""
+    import copy
+
+    keep = {id(policy.tokenizer): policy.tokenizer, id(policy.sampler): policy.sampler}
+    twin = copy.deepcopy(policy, memo=keep).requires_grad_(False)
+    seen: list[tuple] = [tuple(p._version for p in policy.parameters())]
+
+    def synced():
+        versions = tuple(p._version for p in policy.parameters())
+        if versions != seen[0]:
+            copies = dict(twin.named_parameters())
+            with torch.no_grad():
+                for name, param in policy.named_parameters():
+                    if param.requires_grad:
+                        full = param.full_tensor() if hasattr(param, "full_tensor") else param
+                        copies[name].copy_(full.detach())
+            seen[0] = versions
+        return twin
+
+    # Plain attributes (object.__setattr__): the copy must not become a submodule of the policy.
+    object.__setattr__(policy, "twin", synced)
+    object.__setattr__(policy, "frozen", lambda: synced().frozen())
+    object.__setattr__(policy, "sample", lambda *args, **kwargs: synced().sample(*args, **kwargs))
+    object.__setattr__(policy, "sample_mixture", lambda *args, **kwargs: synced().sample_mixture(*args, **kwargs))
+    object.__setattr__(policy, "full_state", lambda: synced().full_state())
+    return twin
 
 
 def shard_layers(model: nn.Module, device: torch.device) -> nn.Module:
