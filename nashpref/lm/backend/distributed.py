@@ -20,7 +20,7 @@ from typing import Sequence, TypeVar
 import torch
 import torch.distributed as dist
 
-from nashpref.game import GameError
+from nashpref.errors import BadInput, NashprefError
 
 T = TypeVar("T")
 
@@ -30,7 +30,7 @@ __all__ = ["DistributedError", "launched_by_torchrun", "init_from_env", "rank", 
 DEFAULT_TIMEOUT = 600.0
 
 
-class DistributedError(GameError):
+class DistributedError(NashprefError):
     """A peer process died or stopped answering: one line, exit status non-zero (raised on the survivors)."""
 
 
@@ -46,7 +46,7 @@ def init_from_env(device: str | None = None, timeout: float = DEFAULT_TIMEOUT) -
     watchdog then aborts the communicator, so a dead rank ends the job instead of hanging it.
     """
     if not launched_by_torchrun():
-        raise GameError("--backend ddp/fsdp needs the processes torchrun starts: torchrun --nproc_per_node N "
+        raise BadInput("--backend ddp/fsdp needs the processes torchrun starts: torchrun --nproc_per_node N "
                         "-m nashpref train ... (or --backend single for one process)")
     local = int(os.environ.get("LOCAL_RANK", "0"))
     cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")

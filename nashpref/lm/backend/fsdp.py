@@ -32,7 +32,7 @@ T = TypeVar("T")
 
 __all__ = ["DataParallelBackend", "FSDPBackend", "DDPBackend", "STATE_FILE", "shard_layers"]
 
-STATE_FILE = "loop_state.pt"
+STATE_FILE = "checkpoint.pt"     # the loop state, where nashpref.lm.checkpoints looks for it
 
 
 def _module(model: nn.Module) -> nn.Module:
@@ -51,6 +51,8 @@ class DataParallelBackend:
     """What DDP and FSDP share: the process group, the prompt shares, the reductions and the checkpoints."""
 
     kind = "data-parallel"
+    keyed = True            # draws per (round, prompt): the same run at any world size
+    publishes = True        # save() is collective and stages + renames the directory itself
 
     def __init__(self, device: str | None = None, timeout: float = pg.DEFAULT_TIMEOUT):
         self.device = pg.init_from_env(device, timeout)
@@ -64,6 +66,12 @@ class DataParallelBackend:
     # ---- data -----------------------------------------------------------------------------------------------
     def shard(self, items: Sequence[T]) -> Sequence[T]:
         return pg.shard_items(items, self.world_size, self.rank)
+
+    def loss_scale(self, count: float | None) -> float:
+        if count is None:
+            return float(self.world_size)
+        total = pg.reduce_sum({"count": count})["count"]
+        return self.world_size * max(count, 1.0) / max(total, 1.0)
 
     def reduce(self, metrics: dict[str, float], count: float | None = None) -> dict[str, float]:
         return pg.reduce_mean(metrics, count)
