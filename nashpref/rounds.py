@@ -57,7 +57,8 @@ class SelfPlayRound:
     """One round around the frozen π_t, as a solver's ``collect`` sees it (the ``Round`` protocol)."""
 
     def __init__(self, previous, reference, oracle, contexts: Tensor, samples: int, exact_labels: bool,
-                 generator: torch.Generator, tau: float | None = None, record: bool = False, keyed: bool = False):
+                 generator: torch.Generator, tau: float | None = None, record: bool = False,
+                 keyed: bool = False):
         if keyed:       # data parallel: draws depend on (round, prompt), never on a rank's share
             from nashpref.lm.backend.keyed import KeyedPolicy
 

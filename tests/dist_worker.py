@@ -6,7 +6,9 @@
 * ``train`` — FSDP2 (or DDP with BACKEND=ddp) on a small random Llama: two AdamW steps on a fixed global batch,
   each rank back-propagating the mean loss over its share; saves a DCP checkpoint after step 1 and the full
   weights after each step;
-* ``resume`` — loads that checkpoint (any world size), checks it, takes step 2 and saves the full weights.
+* ``resume`` — loads that checkpoint (any world size), checks it, takes step 2 and saves the full weights;
+* ``solvers`` — ``run_train`` (--backend fsdp) of every registered solver for 2 iterations on the tiny model
+  (argument 3: its directory; argument 4: the prompt file), into OUT/<solver>.
 """
 
 from __future__ import annotations
@@ -68,8 +70,27 @@ def full_optimizer(optimizer) -> dict:
     return out
 
 
+def train_every_solver(out: Path, tiny: Path, prompts: Path) -> None:
+    from nashpref.lm.config import TrainConfig
+    from nashpref.lm.trainer import run_train
+    from nashpref.solvers import REGISTRY
+
+    runs = {name: {} for name in REGISTRY} | {"online-ipo-bernoulli": {"labels": "bernoulli"}}
+    for name, options in runs.items():
+        config = TrainConfig(policy=str(tiny / "policy"), preference=f"reward:{tiny / 'reward'}",
+                             prompts=str(prompts), solver=name.removesuffix("-bernoulli"), out=out / name,
+                             sampler="hf", iterations=2, heldout=3, samples=2, eval_samples=2, max_new_tokens=8,
+                             lr=1e-3, tau=0.1, backend="fsdp", timeout=300, **options)
+        run_train(config, progress=False)
+
+
 def main() -> None:
     scenario, out = sys.argv[1], Path(sys.argv[2])
+    if scenario == "solvers":           # one process group for all the runs (each run_train leaves it open)
+        backend = FSDPBackend(device="cpu", timeout=300)
+        train_every_solver(out, Path(sys.argv[3]), Path(sys.argv[4]))
+        backend.close()
+        return
     kind = os.environ.get("BACKEND", "fsdp")
     backend = (FSDPBackend if kind == "fsdp" else DDPBackend)(device="cpu", timeout=60)
     r, n = backend.rank, backend.world_size

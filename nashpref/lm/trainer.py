@@ -90,7 +90,9 @@ class TrainHooks(Hooks):
         return result
 
     def round_end(self, report: Iteration) -> None:
-        pairs = self.backend.gather([row for r in report.rounds for row in self.query_rows(r.queried)])
+        # Gathered per preference call, so the rows come in the order one process would write them.
+        pairs = [row for r in report.rounds for call in r.queried
+                 for row in self.backend.gather(self.query_rows([call]))]
         sampling = sum(r.seconds["sampling"] for r in report.rounds)
         judging = sum(r.seconds["judging"] for r in report.rounds)
         row = {"iteration": report.iteration} | report.metrics

@@ -55,6 +55,7 @@ class DataParallelBackend:
     publishes = True        # save() is collective and stages + renames the directory itself
 
     def __init__(self, device: str | None = None, timeout: float = pg.DEFAULT_TIMEOUT):
+        self.owns_group = not dist.is_initialized()     # close() ends only a group this backend started
         self.device = pg.init_from_env(device, timeout)
         self.rank, self.world_size = pg.rank(), pg.world_size()
         self.steps = 0          # optimizer steps and loads: tells samplers holding a copy that weights moved
@@ -90,7 +91,7 @@ class DataParallelBackend:
             dist.barrier()
 
     def close(self) -> None:
-        if dist.is_initialized():
+        if self.owns_group and dist.is_initialized():
             try:
                 dist.destroy_process_group()
             except (RuntimeError, ValueError):   # vLLM's external launcher leaves the group unknown to destroy
@@ -179,7 +180,9 @@ class FSDPBackend(DataParallelBackend):
         model = _module(policy)
         model.to(self.device)
         if model is not policy and hasattr(policy, "frozen"):
-            attach_twin(policy, self)
+            attach_twin(policy, self)       # in the dtype the model was loaded in (bf16 on a GPU)
+        if self.device.type == "cuda":
+            model.float()                   # fp32 master shards; MixedPrecisionPolicy computes in bf16
         shard_layers(model, self.device)
         if reference is not None:
             _module(reference).to(self.device)
