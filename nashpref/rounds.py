@@ -57,7 +57,13 @@ class SelfPlayRound:
     """One round around the frozen π_t, as a solver's ``collect`` sees it (the ``Round`` protocol)."""
 
     def __init__(self, previous, reference, oracle, contexts: Tensor, samples: int, exact_labels: bool,
-                 generator: torch.Generator, tau: float | None = None, record: bool = False):
+                 generator: torch.Generator, tau: float | None = None, record: bool = False,
+                 keyed: bool = False):
+        if keyed:       # data parallel: draws depend on (round, prompt), never on a rank's share
+            from nashpref.lm.backend.keyed import KeyedPolicy
+
+            previous, reference = KeyedPolicy(previous), KeyedPolicy(reference)
+        self.keyed = keyed
         self.previous = previous
         self.reference = reference
         self.oracle = oracle
@@ -98,6 +104,10 @@ class SelfPlayRound:
             self.queried.append((self.contexts, a, b, p))
         if self.exact_labels:
             return p
+        if self.keyed:
+            from nashpref.lm.backend.keyed import keyed_bernoulli
+
+            return keyed_bernoulli(p, self.contexts, self.generator)
         return torch.bernoulli(p, generator=self.generator)
 
     def log_prob(self, responses: Any, model: str, normalize: bool = False) -> Tensor:

@@ -112,7 +112,7 @@ def self_play(solver: Solver, policy, reference, oracle, optimizer: torch.optim.
 
     def new_round(contexts: Tensor) -> SelfPlayRound:
         return SelfPlayRound(policy.frozen(), reference, oracle, contexts, samples, exact_labels, generator, tau,
-                             record=hooks.record_queries)
+                             record=hooks.record_queries, keyed=backend.keyed)
 
     def train(batch: Batch) -> dict:
         return _train(solver, policy, optimizer, batch, epochs, minibatches, generator, grad_accumulation,
@@ -135,7 +135,8 @@ def self_play(solver: Solver, policy, reference, oracle, optimizer: torch.optim.
         round_seconds = time.perf_counter() - start
         evaluation = hooks.evaluate(t + 1)
         state["iteration"] = t + 1
-        state["queries"] += sum(r.queries for r in rounds)
+        asked = backend.reduce({"queries": sum(r.queries for r in rounds)})["queries"] * backend.world_size
+        state["queries"] += round(asked)            # every rank's queries
         state["seconds"] += time.perf_counter() - start
         hooks.round_end(Iteration(t + 1, metrics, state["queries"], state["seconds"], round_seconds, rounds,
                                   evaluation))
@@ -144,7 +145,7 @@ def self_play(solver: Solver, policy, reference, oracle, optimizer: torch.optim.
             if solver.stateful:
                 snapshot["solver"] = solver.state_dict()
             save_checkpoint(checkpoints, t + 1, lambda directory: backend.save(directory, policy, optimizer,
-                                                                              snapshot))
+                                                                              snapshot), backend)
     return state
 
 
@@ -181,11 +182,20 @@ def _train(solver: Solver, policy, optimizer, batch: Batch, epochs: int, minibat
     totals: dict[str, float] = {}
     steps = 0
     for _ in range(epochs):
+        if backend.keyed:       # one draw whatever this rank's share: every rank's generator stays in step
+            generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
         for part in split_batch(batch, minibatches, generator):
-            loss, metrics = accumulated_loss(solver, part, policy, parts, backend.backward)
-            backend.backward(loss)
+            # Each rank's loss weighted by its share of the batch: the mean of the ranks' gradients (what the
+            # backend's step applies) is then the gradient of the whole batch's loss, and so is the mean loss.
+            scale = backend.loss_scale(solver.loss_count(part))
+
+            def backward(loss: Tensor) -> None:
+                backend.backward(loss * scale)
+
+            loss, metrics = accumulated_loss(solver, part, policy, parts, backward)
+            backward(loss)
             backend.step(optimizer, max_grad_norm)
-            for key, value in ({"loss": loss.item()} | metrics).items():
+            for key, value in ({"loss": loss.item() * scale} | metrics).items():
                 totals[key] = totals.get(key, 0.0) + float(value)
             steps += 1
     return {key: value / steps for key, value in totals.items()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import os
 from typing import Annotated, Literal
 
 import tyro
@@ -43,6 +44,8 @@ def run_train_command(cmd, report_to: str = "none") -> int:
     from nashpref.lm.trainer import run_train
 
     result = run_train(cmd, report_to=report_to)
+    if int(os.environ.get("RANK", "0")) != 0:      # under torchrun, rank 0 speaks for the job
+        return 0
     last = result.rows[-1] if result.rows else {}
     shown = ", ".join(f"{key} {last[key]:.4g}" for key in ("loss", "win_rate_vs_reference", "kl_to_reference")
                       if isinstance(last.get(key), (int, float)))

@@ -45,17 +45,30 @@ def load_state(directory: str | Path) -> dict | None:
                        f"{Path(directory).parent} to start over") from None
 
 
-def save_checkpoint(root: str | Path, iteration: int, write: Callable[[Path], None]) -> Path:
+def save_checkpoint(root: str | Path, iteration: int, write: Callable[[Path], None], backend=None) -> Path:
     """Publish ``root/iteration-XXXX`` built by ``write(directory)``, point ``root/latest`` at it, then remove the
-    older checkpoints; returns the new checkpoint's directory."""
+    older checkpoints; returns the new checkpoint's directory. A backend whose ``save`` is collective
+    (``publishes``: every rank writes its shards, and it stages and renames the directory itself) is called
+    on every rank; rank 0 then moves the pointer."""
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
     name = f"iteration-{iteration:04d}"
-    target = publish_directory(root / name, write)
-    write_pointer(root, name)
-    for entry in root.iterdir():
-        if entry.is_dir() and entry.name != name:
-            shutil.rmtree(entry, ignore_errors=True)
+    collective = backend is not None and getattr(backend, "publishes", False)
+    if collective:
+        if backend.is_main:
+            root.mkdir(parents=True, exist_ok=True)
+        backend.barrier()
+        write(root / name)
+        target = root / name
+    else:
+        root.mkdir(parents=True, exist_ok=True)
+        target = publish_directory(root / name, write)
+    if backend is None or backend.is_main:
+        write_pointer(root, name)
+        for entry in root.iterdir():
+            if entry.is_dir() and entry.name != name:
+                shutil.rmtree(entry, ignore_errors=True)
+    if collective:
+        backend.barrier()
     return target
 
 

@@ -111,6 +111,13 @@ class TrainConfig:
     """[vllm] Largest accepted mean |Δ log-prob| per probe token (default: 1e-3 in float32, 3e-2 in bf16)."""
     resume: bool = False
     """Continue the run in --out from its last checkpoint (the other options must match the first run's)."""
+    backend: Literal["auto", "single", "ddp", "fsdp"] = "auto"
+    """Processes: single (one process), fsdp (FSDP2: parameters, gradients and optimizer sharded over the torchrun
+    ranks) or ddp (a full replica per rank). auto: fsdp under torchrun, else single. A resumed fsdp/ddp run may
+    use another number of ranks."""
+    timeout: float = 600.0
+    """[ddp/fsdp] Seconds a collective waits for the other ranks before the job stops with an error (a rank
+    that died or hangs)."""
 
     def validate(self) -> None:
         """Raise BadInput (one line naming the option) for any option out of range."""
@@ -125,6 +132,7 @@ class TrainConfig:
         for name in ("prompts_per_round", "max_prompts", "max_model_len"):
             integer(getattr(self, name), flag(name), 1, allow_none=True)
         number(self.lr, "--lr")
+        number(self.timeout, "--timeout")
         for name in ("weight_decay", "tau", "temperature"):
             number(getattr(self, name), flag(name), low_open=False)
         for name in ("top_p", "gpu_memory_utilization"):
@@ -132,6 +140,7 @@ class TrainConfig:
         for name in ("max_grad_norm", "sync_tolerance", "lora_alpha"):
             number(getattr(self, name), flag(name), allow_none=True)
         for name, allowed in {"sampler": ("auto", "vllm", "hf"), "labels": ("exact", "bernoulli"),
+                              "backend": ("auto", "single", "ddp", "fsdp"),
                               "dtype": ("auto", "float32", "bfloat16", "float16")}.items():
             choice(getattr(self, name), flag(name), allowed)
 
@@ -159,4 +168,4 @@ def describe_config(config: TrainConfig, solver: Solver) -> dict:
 
 
 # Options that may differ between a run and its resumption: they do not change the trajectory.
-RESUMABLE_CHANGES = ("iterations", "resume", "out", "device")
+RESUMABLE_CHANGES = ("iterations", "resume", "out", "device", "timeout")

@@ -20,6 +20,7 @@ as one line (``nashpref.errors``).
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ import torch
 
 from nashpref.errors import BadInput
 from nashpref.io import publish_directory, write_json, write_jsonl
+from nashpref.lm.backend.distributed import DistributedError, describe_failure
 from nashpref.lm.backend.single import SingleBackend
 from nashpref.lm.build import (check_out, check_prompts_fit, check_solver_options, load_policies, make_vllm_engine,
                                probe_oracle, sampler_kind, split_prompts)
@@ -63,9 +65,9 @@ class TrainHooks(Hooks):
     record_queries = True
 
     def __init__(self, out: Path, evaluator: HeldOutEvaluator | None, sampler, prompt_rows: list[int], bar,
-                 rows: list[dict], write: bool, ledger: SampleLedger | None = None):
+                 rows: list[dict], backend, ledger: SampleLedger | None = None):
         self.out, self.evaluator, self.sampler, self.prompt_rows = out, evaluator, sampler, prompt_rows
-        self.bar, self.rows, self.write = bar, rows, write
+        self.bar, self.rows, self.backend, self.write = bar, rows, backend, backend.is_main
         self.ledger = ledger if ledger is not None else SampleLedger()
         self.round_step = 0
         self.started = False
@@ -95,11 +97,14 @@ class TrainHooks(Hooks):
         return result
 
     def round_end(self, report: Iteration) -> None:
-        pairs = [row for r in report.rounds for row in self.query_rows(r.queried)]
+        # Gathered per preference call, so the rows come in the order one process would write them.
+        pairs = [row for r in report.rounds for call in r.queried
+                 for row in self.backend.gather(self.query_rows([call]))]
         sampling = sum(r.seconds["sampling"] for r in report.rounds)
         judging = sum(r.seconds["judging"] for r in report.rounds)
         row = {"iteration": report.iteration} | report.metrics
-        row |= {"queries": report.queries, "pairs": len(pairs), "samples": sum(r.drawn for r in report.rounds)}
+        drawn = self.backend.reduce({"drawn": sum(r.drawn for r in report.rounds)})["drawn"]
+        row |= {"queries": report.queries, "pairs": len(pairs), "samples": round(drawn * self.backend.world_size)}
         row |= report.evaluation
         backends, labels, stale = self.ledger.take()
         row |= {"samplers": backends, "sample_weights": labels, "round_weights": self.round_step,
@@ -152,8 +157,12 @@ def run_train(config: TrainConfig, solver: Solver | None = None, *, engine=None,
     solver = solver if solver is not None else make_solver(config)
     check_solver_options(solver, config.tau, config.samples)
     described = describe_config(config, solver)
+    backend = make_backend(config)
     check_out(config, described)
     kind = sampler_kind(config)
+    if kind == "vllm" and backend.world_size > 1:
+        raise BadInput("--sampler vllm with several ranks is not supported yet; use --sampler hf")
+    config = dataclasses.replace(config, device=str(backend.device))
 
     from nashpref.lm.data import load_prompts
     from nashpref.preferences import load_text_oracle
@@ -179,22 +188,47 @@ def run_train(config: TrainConfig, solver: Solver | None = None, *, engine=None,
             sampler.verify_reference(reference)
     probe_oracle(oracle, policy, config.preference, config.seed)
 
-    config.out.mkdir(parents=True, exist_ok=True)
-    write_json(config.out / "config.json", described)
+    backend.barrier()                           # every rank has checked OUT before rank 0 writes there
+    if backend.is_main:
+        config.out.mkdir(parents=True, exist_ok=True)
+        write_json(config.out / "config.json", described)
+    backend.barrier()
     from nashpref.tracking import make_tracker
 
-    tracker = make_tracker(report_to, config.out, config=described, name=config.out.name)
+    tracker = make_tracker(report_to if backend.is_main else "none", config.out, config=described,
+                           name=config.out.name)
     try:
         return _train(config, solver, policy, reference, oracle, sampler, train_rows, heldout_rows, progress,
-                      tracker)
+                      backend, tracker)
+    except (RuntimeError, OSError) as exc:
+        reason = describe_failure(exc) if backend.world_size > 1 else None
+        if reason is None:
+            raise
+        raise DistributedError(reason) from None
     finally:
         tracker.close()
 
 
+def make_backend(config: TrainConfig):
+    """single without torchrun, fsdp under it (``--backend auto``); the process group is joined here."""
+    from nashpref.lm.backend.distributed import launched_by_torchrun
+
+    kind = config.backend
+    if kind == "auto":
+        kind = "fsdp" if launched_by_torchrun() else "single"
+    if kind == "single":
+        if launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1:
+            raise BadInput("--backend single runs one process; under torchrun with several ranks use --backend "
+                           "fsdp or ddp")
+        return SingleBackend(config.device)
+    from nashpref.lm.backend.fsdp import DDPBackend, FSDPBackend
+
+    return (FSDPBackend if kind == "fsdp" else DDPBackend)(config.device, config.timeout)
+
+
 def _train(config, solver, policy, reference, oracle, sampler, train_rows, heldout_rows, progress,
-           tracker) -> TrainResult:
+           backend, tracker) -> TrainResult:
     out = config.out
-    backend = SingleBackend(config.device)
     backend.prepare(policy, reference)
     optimizer = backend.make_optimizer([p for p in policy.parameters() if p.requires_grad], config.lr,
                                        config.weight_decay)
@@ -218,7 +252,7 @@ def _train(config, solver, policy, reference, oracle, sampler, train_rows, heldo
     if heldout_rows:
         evaluator = HeldOutEvaluator(policy, reference, oracle, torch.arange(num_train, num_train + len(heldout_rows)),
                                      config.eval_samples, config.seed + 1)
-    bar = _progress_bar(config.iterations, done, solver.name, progress)
+    bar = _progress_bar(config.iterations, done, solver.name, progress and backend.is_main)
     ledger = SampleLedger()                 # labels the policy's weights with its optimizer steps
     optimizer.register_step_post_hook(ledger.on_step)
     ledger.attach(policy, "policy")
@@ -226,7 +260,7 @@ def _train(config, solver, policy, reference, oracle, sampler, train_rows, heldo
     if sampler is not None:
         sampler.ledger = ledger
         sampler._held = None                # the next sync is labelled
-    hooks = TrainHooks(out, evaluator, sampler, train_rows + heldout_rows, bar, rows, backend.is_main, ledger)
+    hooks = TrainHooks(out, evaluator, sampler, train_rows + heldout_rows, bar, rows, backend, ledger)
     hooks.tracker = tracker if backend.is_main else None
     with bar:
         state = self_play(solver, policy, reference, oracle, optimizer, num_contexts=num_train,
@@ -235,7 +269,9 @@ def _train(config, solver, policy, reference, oracle, sampler, train_rows, heldo
                           minibatches=config.minibatches, contexts_per_round=config.prompts_per_round,
                           grad_accumulation=config.grad_accumulation, max_grad_norm=config.max_grad_norm,
                           backend=backend, hooks=hooks, checkpoints=out / CHECKPOINTS, resume=config.resume)
-    final = save_final(out, policy) if backend.is_main else out / "final"
+    model = policy.twin() if hasattr(policy, "twin") else policy     # a sharded policy: all ranks gather it
+    final = save_final(out, model) if backend.is_main else out / "final"
+    backend.barrier()
     backend.close()
     return TrainResult(rows=hooks.rows, final=final, iterations=state["iteration"], seconds=state["seconds"])
 

@@ -163,6 +163,12 @@ class Solver(ABC):
     def loss(self, batch: Batch, policy: Policy) -> tuple[Tensor, dict[str, float]]:
         raise NotImplementedError(f"{self.name} has no sampled training yet")
 
+    def loss_count(self, batch: Batch) -> float | None:
+        """What ``loss`` divides its sum over prompt groups by: the number of groups (a mean, the default), the
+        number of kept pairs, or None for a plain sum. Data-parallel training weights each rank's loss by its
+        share of this count, so the update is that of the whole batch's loss."""
+        return float(batch["contexts"].shape[0])
+
 
 REGISTRY: dict[str, type[Solver]] = {}
 

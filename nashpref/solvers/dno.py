@@ -130,6 +130,11 @@ class DNO(HedgeSolver):
         loss = (per_pair * keep).sum() / keep.sum().clamp(min=1.0)
         return loss, {"kept": keep.mean().item()}
 
+    def loss_count(self, batch: Batch) -> float | None:
+        if "keep" in batch:
+            return float(batch["keep"].sum())
+        return None if self.config.distinct else float(batch["contexts"].shape[0])
+
     def soft_loss(self, batch: Batch, policy: Policy, log_ratio: Tensor, eta: float) -> tuple[Tensor, dict]:
         responses, reward = batch["responses"], batch["reward"]
         if "reference_responses" in batch:

@@ -165,3 +165,6 @@ class IterativeDPO(Solver):
         per_pair = dpo_loss(log_ratio[:, 0], log_ratio[:, 1], batch["tau"], self.config.label_smoothing)
         loss = (per_pair * keep).sum() / keep.sum().clamp(min=1.0)
         return loss, {"kept": keep.mean().item()}
+
+    def loss_count(self, batch: Batch) -> float | None:
+        return float(batch["keep"].sum())

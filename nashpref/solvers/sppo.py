@@ -133,3 +133,6 @@ class SPPO(HedgeSolver):
         # distinct: summed over contexts too, so lr ½ stays one exact step whatever the batch size
         loss = per_context.sum() if weight is not None else per_context.mean()
         return loss, {"log_ratio": (log_prob - previous).mean().item()}
+
+    def loss_count(self, batch: Batch) -> float | None:
+        return None if self.config.distinct else float(batch["contexts"].shape[0])

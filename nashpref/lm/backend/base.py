@@ -24,6 +24,14 @@ class Backend(Protocol):
     rank: int
     world_size: int
     device: torch.device
+    keyed: bool
+    """Sampling and labels drawn per (round, prompt), so that a run's draws do not depend on the ranks' shares
+    (see ``nashpref.lm.backend.keyed``); True for the data-parallel backends at any world size."""
+
+    def loss_scale(self, count: float | None) -> float:
+        """Factor on this rank's loss so that the mean of the ranks' gradients is the gradient of the whole
+        batch's loss: N·count/Σcount when the loss is a mean over ``count`` items, N when it is a sum (None)."""
+        ...
 
     @property
     def is_main(self) -> bool:

@@ -21,6 +21,10 @@ class SingleBackend:
 
     rank = 0
     world_size = 1
+    keyed = False           # random draws per call, batched over the round's prompts
+
+    def loss_scale(self, count: float | None) -> float:
+        return 1.0
 
     def __init__(self, device: str | torch.device | None = None):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

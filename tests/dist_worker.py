@@ -1,0 +1,140 @@
+"""Scenarios run under ``torchrun`` by tests/test_fsdp_backend.py (each rank writes what it saw under OUT).
+
+    torchrun --nproc_per_node N tests/dist_worker.py SCENARIO OUT [CHECKPOINT]
+
+* ``collectives`` — shard / reduce / gather results per rank;
+* ``train`` — FSDP2 (or DDP with BACKEND=ddp) on a small random Llama: two AdamW steps on a fixed global batch,
+  each rank back-propagating the mean loss over its share; saves a DCP checkpoint after step 1 and the full
+  weights after each step;
+* ``resume`` — loads that checkpoint (any world size), checks it, takes step 2 and saves the full weights;
+* ``solvers`` — ``run_train`` (--backend fsdp) of every registered solver for 2 iterations on the tiny model
+  (argument 3: its directory; argument 4: the prompt file), into OUT/<solver>.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from nashpref.lm.backend import distributed as pg
+from nashpref.lm.backend.fsdp import DDPBackend, FSDPBackend
+
+VOCAB, ROWS, WIDTH = 96, 6, 10
+
+
+def tiny_llama(seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+                         tie_word_embeddings=False)
+    return LlamaForCausalLM(config).eval()
+
+
+def global_batch() -> torch.Tensor:
+    return torch.randint(0, VOCAB, (ROWS, WIDTH), generator=torch.Generator().manual_seed(7))
+
+
+def row_losses(model, tokens: torch.Tensor) -> torch.Tensor:
+    """(rows,) mean next-token cross-entropy per row."""
+    logits = model(input_ids=tokens).logits[:, :-1].float()
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), tokens[:, 1:].reshape(-1),
+                                             reduction="none").reshape(tokens.shape[0], -1).mean(-1)
+
+
+def train_step(backend, model, optimizer, tokens: torch.Tensor) -> float:
+    """One step on the global batch: this rank's rows, its mean loss scaled by its share × world size (the
+    backends average gradients over ranks), so the update is that of the global mean loss."""
+    mine = backend.shard(tokens)
+    loss = row_losses(model, mine).mean()
+    backend.backward(loss * mine.shape[0] / tokens.shape[0] * backend.world_size)
+    backend.step(optimizer, max_grad_norm=0.5)
+    return backend.reduce({"loss": loss.item()}, count=mine.shape[0])["loss"]
+
+
+def full_state(backend, model) -> dict:
+    return {name: tensor.clone().cpu() for name, tensor in backend.full_weights(model)}
+
+
+def full_optimizer(optimizer) -> dict:
+    out = {}
+    for index, (param, state) in enumerate(optimizer.state.items()):
+        for key in ("exp_avg", "exp_avg_sq"):
+            value = state[key]
+            out[f"{index}.{key}"] = (value.full_tensor() if hasattr(value, "full_tensor") else value).clone()
+    return out
+
+
+def train_every_solver(out: Path, tiny: Path, prompts: Path) -> None:
+    from nashpref.lm.config import TrainConfig
+    from nashpref.lm.trainer import run_train
+    from nashpref.solvers import REGISTRY
+
+    runs = {name: {} for name in REGISTRY} | {"online-ipo-bernoulli": {"labels": "bernoulli"}}
+    for name, options in runs.items():
+        config = TrainConfig(policy=str(tiny / "policy"), preference=f"reward:{tiny / 'reward'}",
+                             prompts=str(prompts), solver=name.removesuffix("-bernoulli"), out=out / name,
+                             sampler="hf", iterations=2, heldout=3, samples=2, eval_samples=2, max_new_tokens=8,
+                             lr=1e-3, tau=0.1, backend="fsdp", timeout=300, **options)
+        run_train(config, progress=False)
+
+
+def main() -> None:
+    scenario, out = sys.argv[1], Path(sys.argv[2])
+    if scenario == "solvers":           # one process group for all the runs (each run_train leaves it open)
+        backend = FSDPBackend(device="cpu", timeout=300)
+        train_every_solver(out, Path(sys.argv[3]), Path(sys.argv[4]))
+        backend.close()
+        return
+    kind = os.environ.get("BACKEND", "fsdp")
+    backend = (FSDPBackend if kind == "fsdp" else DDPBackend)(device="cpu", timeout=60)
+    r, n = backend.rank, backend.world_size
+    result: dict = {"rank": r, "world": n}
+    if scenario == "collectives":
+        items = list(range(11))
+        mine = list(backend.shard(items))
+        result["share"] = mine
+        result["mean"] = backend.reduce({"x": float(sum(mine)) / max(len(mine), 1)}, count=len(mine))["x"]
+        result["plain_mean"] = backend.reduce({"x": float(r)})["x"]
+        result["sum"] = backend.reduce_sum({"x": float(r + 1)})["x"]
+        result["gathered"] = backend.gather([f"{r}:{i}" for i in mine])
+    elif scenario in ("train", "resume"):
+        model = tiny_llama()
+        backend.prepare(model, None)
+        optimizer = backend.make_optimizer(model.parameters(), lr=1e-2, weight_decay=0.01)
+        tokens = global_batch()
+        if scenario == "train":
+            torch.manual_seed(1234 + r)             # per-rank RNG must come back per rank
+            before = torch.rand(3)
+            result["loss1"] = train_step(backend, model, optimizer, tokens)
+            backend.save(out / "checkpoint", model, optimizer, {"iteration": 1, "rows": [{"a": 1}]})
+            result["after_save_draw"] = torch.rand(3).tolist()
+            result["first_draw"] = before.tolist()
+            weights = full_state(backend, model)
+            moments = full_optimizer(optimizer)
+            if backend.is_main:
+                torch.save({"weights": weights, "moments": moments}, out / "step1.pt")
+        else:
+            state = backend.load(Path(sys.argv[3]), model, optimizer)
+            result["state"] = state
+            result["after_load_draw"] = torch.rand(3).tolist()
+            saved = torch.load(Path(sys.argv[3]).parent / "step1.pt")
+            weights, moments = full_state(backend, model), full_optimizer(optimizer)
+            result["weights_equal"] = all(torch.equal(weights[k], saved["weights"][k]) for k in saved["weights"])
+            result["moments_equal"] = (set(moments) == set(saved["moments"])
+                                       and all(torch.equal(moments[k], saved["moments"][k]) for k in moments))
+        result["loss2"] = train_step(backend, model, optimizer, tokens)
+        weights = full_state(backend, model)
+        if backend.is_main:
+            torch.save(weights, out / f"{scenario}-final.pt")
+    (out / f"{scenario}-rank{r}.json").write_text(json.dumps(result))
+    backend.close()
+
+
+if __name__ == "__main__":
+    main()
