@@ -126,11 +126,12 @@ class TrainHooks(Hooks):
 
 
 def run_train(config: TrainConfig, solver: Solver | None = None, *, engine=None,
-              progress: bool = True) -> TrainResult:
+              progress: bool = True, score=None) -> TrainResult:
     """Train ``config.policy`` with ``solver`` (default: built from ``config.solver`` and its options).
 
     ``engine`` may pass in a running ``VLLMSampler`` to reuse (its weights are replaced by the policy's at the
-    first round); otherwise one is started when the sampler is vllm. Bad input raises a NashprefError before
+    first round); otherwise one is started when the sampler is vllm. ``score(responses) -> dict`` adds a caller's
+    metrics of each iterate's held-out responses to its metrics row. Bad input raises a NashprefError before
     ``config.out`` is touched.
     """
     require_lm_extra("train")
@@ -161,10 +162,11 @@ def run_train(config: TrainConfig, solver: Solver | None = None, *, engine=None,
 
     config.out.mkdir(parents=True, exist_ok=True)
     write_json(config.out / "config.json", described)
-    return _train(config, solver, policy, reference, oracle, sampler, train_rows, heldout_rows, progress)
+    return _train(config, solver, policy, reference, oracle, sampler, train_rows, heldout_rows, progress, score)
 
 
-def _train(config, solver, policy, reference, oracle, sampler, train_rows, heldout_rows, progress) -> TrainResult:
+def _train(config, solver, policy, reference, oracle, sampler, train_rows, heldout_rows, progress,
+           score=None) -> TrainResult:
     out = config.out
     backend = SingleBackend(config.device)
     backend.prepare(policy, reference)
@@ -189,7 +191,7 @@ def _train(config, solver, policy, reference, oracle, sampler, train_rows, heldo
     evaluator = None
     if heldout_rows:
         evaluator = HeldOutEvaluator(policy, reference, oracle, torch.arange(num_train, num_train + len(heldout_rows)),
-                                     config.eval_samples, config.seed + 1)
+                                     config.eval_samples, config.seed + 1, score)
     bar = _progress_bar(config.iterations, done, solver.name, progress)
     hooks = TrainHooks(out, evaluator, sampler, train_rows + heldout_rows, bar, rows, backend.is_main)
     with bar:
