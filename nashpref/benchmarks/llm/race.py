@@ -91,7 +91,8 @@ def reference_shares(setup: Path, budget: RaceBudget, seed: int) -> list[float]:
 
 def race_class_game(setup: Path, budget: RaceBudget, config: LLMBenchConfig) -> ClassGame:
     """The class game of μ's measured shares; refuses a μ closer to the equilibrium than MIN_REFERENCE_GAP."""
-    game = ClassGame.build(torch.tensor(reference_shares(setup, budget, config.setup_seed)), config.tau)
+    game = ClassGame.build(torch.tensor(reference_shares(setup, budget, config.setup_seed), dtype=torch.float64),
+                           config.tau)
     gap = game.gap(game.mu)
     if gap < MIN_REFERENCE_GAP:
         raise BadInput(f"setup {setup}: μ's class-game gap is {gap:.3f} at τ = {config.tau:g}, below "
@@ -162,7 +163,7 @@ def train_race(config: LLMBenchConfig, budget: RaceBudget, setup: Path, game: Cl
 def league(config: LLMBenchConfig, game: ClassGame, runs: dict) -> dict:
     """Class-level win-rates of every method's final policy against every other's (mean over all seed pairs),
     with μ, π* and the Bradley–Terry/Gibbs policy as extra players."""
-    players = {m: [torch.tensor(runs[f"{m}/seed-{s}"][-1]["class_shares"]) for s in config.seeds]
+    players = {m: [torch.tensor(runs[f"{m}/seed-{s}"][-1]["class_shares"], dtype=torch.float64) for s in config.seeds]
                for m in config.methods}
     players |= {"μ": [game.mu], "π* (class game)": [game.equilibrium], "BT/Gibbs": [game.bt_gibbs]}
     names = list(players)
