@@ -150,8 +150,8 @@ def test_bench_llm_end_to_end_and_resume(tmp_path, monkeypatch):
 
     monkeypatch.setitem(llm_setup.SIZES, "tiny", SMALL)
     out = tmp_path / "bench"
-    config = LLMBenchConfig(out=out, methods=("nash-md", "iterative-dpo"), seeds=(0, 1), sampler="hf",
-                            progress=False)
+    config = LLMBenchConfig(preset="raters", out=out, methods=("nash-md", "iterative-dpo"), seeds=(0, 1),
+                            sampler="hf", progress=False)
     report = run_bench_llm(config)
     results = json.loads((out / "results.json").read_text())
     assert (out / "llm.png").stat().st_size > 0 and "| nash-md |" in report.read_text()
@@ -175,6 +175,6 @@ def test_bench_llm_end_to_end_and_resume(tmp_path, monkeypatch):
     assert sorted(again["meta"]["reused_runs"]) == sorted(runs) and results["meta"]["reused_runs"] == []
     # bad input: one line, exit 2, nothing written
     before = sorted(p.name for p in out.iterdir())
-    assert main(["bench", "llm", "--out", str(out), "--methods", "nash-md", "nope"]) == 2
-    assert main(["bench", "llm", "--out", str(out), "--samples", "1"]) == 2
+    assert main(["bench", "llm", "--preset", "raters", "--out", str(out), "--methods", "nash-md", "nope"]) == 2
+    assert main(["bench", "llm", "--preset", "raters", "--out", str(out), "--samples", "1"]) == 2
     assert sorted(p.name for p in out.iterdir()) == before

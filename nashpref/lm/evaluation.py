@@ -13,8 +13,8 @@ class HeldOutEvaluator:
     """Win-rates and KL(π‖μ) on held-out prompts; every policy answers with the same seed (common random
     numbers), so equal weights give equal responses and the all-pairs win-rate between them is exactly ½."""
 
-    def __init__(self, policy, reference, oracle, contexts: Tensor, samples: int, seed: int):
-        self.policy, self.reference, self.oracle = policy, reference, oracle
+    def __init__(self, policy, reference, oracle, contexts: Tensor, samples: int, seed: int, score=None):
+        self.policy, self.reference, self.oracle, self.score = policy, reference, oracle, score
         self.contexts, self.samples, self.seed = contexts, samples, seed
         self.previous = None            # responses of π_t
         self.baseline = None            # responses of μ
@@ -42,6 +42,8 @@ class HeldOutEvaluator:
                "win_rate_vs_reference": self.win_rate(current, self.baseline),
                "kl_to_reference": kl.double().mean().item(),
                "eval_response_tokens": current.lengths.double().mean().item()}
+        if self.score is not None:          # a caller's own metrics of the same responses (benchmarks)
+            row |= self.score(current)
         self.previous = current
         return row
 

@@ -145,11 +145,13 @@ class TrainHooks(Hooks):
 
 
 def run_train(config: TrainConfig, solver: Solver | None = None, *, engine=None,
-              progress: bool = True, report_to: str = "none") -> TrainResult:
+              progress: bool = True, report_to: str = "none",
+              score=None) -> TrainResult:
     """Train ``config.policy`` with ``solver`` (default: built from ``config.solver`` and its options).
 
     ``engine`` may pass in a running ``VLLMSampler`` to reuse (its weights are replaced by the policy's at the
-    first round); otherwise one is started when the sampler is vllm. Bad input raises a NashprefError before
+    first round); otherwise one is started when the sampler is vllm. ``score(responses) -> dict`` adds a caller's
+    metrics of each iterate's held-out responses to its metrics row. Bad input raises a NashprefError before
     ``config.out`` is touched.
     """
     require_lm_extra("train")
@@ -199,7 +201,7 @@ def run_train(config: TrainConfig, solver: Solver | None = None, *, engine=None,
                            name=config.out.name)
     try:
         return _train(config, solver, policy, reference, oracle, sampler, train_rows, heldout_rows, progress,
-                      backend, tracker)
+                      backend, tracker, score)
     except (RuntimeError, OSError) as exc:
         reason = describe_failure(exc) if backend.world_size > 1 else None
         if reason is None:
@@ -227,7 +229,7 @@ def make_backend(config: TrainConfig):
 
 
 def _train(config, solver, policy, reference, oracle, sampler, train_rows, heldout_rows, progress,
-           backend, tracker) -> TrainResult:
+           backend, tracker, score=None) -> TrainResult:
     out = config.out
     backend.prepare(policy, reference)
     optimizer = backend.make_optimizer([p for p in policy.parameters() if p.requires_grad], config.lr,
@@ -251,7 +253,7 @@ def _train(config, solver, policy, reference, oracle, sampler, train_rows, heldo
     evaluator = None
     if heldout_rows:
         evaluator = HeldOutEvaluator(policy, reference, oracle, torch.arange(num_train, num_train + len(heldout_rows)),
-                                     config.eval_samples, config.seed + 1)
+                                     config.eval_samples, config.seed + 1, score)
     bar = _progress_bar(config.iterations, done, solver.name, progress and backend.is_main)
     ledger = SampleLedger()                 # labels the policy's weights with its optimizer steps
     optimizer.register_step_post_hook(ledger.on_step)

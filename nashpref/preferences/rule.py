@@ -16,6 +16,9 @@ world (nashpref/lm/tiny.py), so the rules give the tiny policy a real game to pl
   a cycle (P(warm ≻ cold) = (2σ(β) + σ(−2β))/3 ≈ 0.636 at β = 3 and equal quality), and quality decides within a style.
   P depends on a response only through (style, q), so the best response to any policy is a top-quality response
   of one of the three styles: a pool holding one per style gives the exact best response.
+* ``cycle`` — intransitive and sharp, a pure function of the style: P(warm ≻ cold) = P(cold ≻ plain) =
+  P(plain ≻ warm) = 0.95 (CYCLE_MATRIX, ½ within a style); the known-answer game of ``nashpref bench llm
+  --preset quick|full``, whose LM game reduces exactly to this 3 × 3 matrix game on the styles.
 """
 
 from __future__ import annotations
@@ -64,6 +67,20 @@ def cyclic_rule(prompt: Prompt, a: str, b: str) -> float:
         ra, rb = ranking.index(sa), ranking.index(sb)       # 0 is best
         votes.append(1.0 if ra < rb else 0.0 if ra > rb else 0.5)
     return sum(votes) / len(votes)
+
+
+CYCLE_WIN = 0.95
+# CYCLE_MATRIX[i][j] = P(style i ≻ style j), styles in STYLES order (warm, cold, plain)
+CYCLE_MATRIX = ((0.5, CYCLE_WIN, 1 - CYCLE_WIN), (1 - CYCLE_WIN, 0.5, CYCLE_WIN), (CYCLE_WIN, 1 - CYCLE_WIN, 0.5))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _style(text: str) -> str:
+    return style(text)
+
+
+def cycle_rule(prompt: Prompt, a: str, b: str) -> float:
+    return CYCLE_MATRIX[STYLES.index(_style(a))][STYLES.index(_style(b))]
 
 
 RATER_SHARPNESS = 3.0          # β
@@ -135,7 +152,8 @@ def raters_rule(prompt: Prompt, a: str, b: str) -> float:
 
 
 RULES: dict[str, Callable[[Prompt, str, str], float]] = {
-    "length": length_rule, "warm": warm_rule, "cyclic": cyclic_rule, "raters": raters_rule}
+    "length": length_rule, "warm": warm_rule, "cyclic": cyclic_rule, "raters": raters_rule,
+    "cycle": cycle_rule}
 
 
 @register

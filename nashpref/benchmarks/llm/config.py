@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -14,20 +14,24 @@ from nashpref.solvers import REGISTRY
 
 @dataclass
 class LLMBenchConfig:
-    """Race every solver against iterative DPO on a tiny language model with a ground-truth intransitive
-    preference (rule:raters); writes OUT/README.md, OUT/results.json and OUT/llm.png. Finished runs in OUT/runs are
-    reused, so a killed benchmark resumes where it stopped."""
+    """Race every solver against iterative DPO on a tiny language model under a known intransitive preference.
+    Presets quick / full: the known-answer race (rule:cycle, μ far from the equilibrium, the exact class-game gap
+    per iteration; OUT/results.json, OUT/README.md, OUT/gap.png, OUT/league.png); raters: the earlier race under
+    rule:raters (OUT/llm.png). Finished runs in OUT/runs are reused, so a killed benchmark resumes."""
 
-    out: Path = Path("bench/llm")
+    preset: Literal["quick", "full", "raters"] = "quick"
+    """quick: 1 seed × 12 iterations (≤ 10 min on 2 idle CPU cores); full: 3 seeds × 30 iterations; raters: the
+    earlier rule:raters race (μ near its equilibrium)."""
+    out: Path | None = None
     """Output directory: setup/ (the model and prompts), runs/ (one training run per method and seed), and the
-    report."""
+    report. Default: bench/llm (quick, full), bench/llm-raters (raters)."""
     size: Literal["tiny", "small", "base"] = "tiny"
     """tiny: a 64-wide 2-layer Llama, 0.3–7 s per iteration on a 2-core CPU (the default run took 19.5 min there);
     small (256 wide, 4 layers) and base (512 wide, 8 layers): more prompts, samples and iterations, for a GPU."""
     methods: tuple[str, ...] = tuple(REGISTRY)
     """Methods to race (solver names); iterative-dpo is the baseline every other is compared with."""
-    seeds: tuple[int, ...] = (0, 1, 2)
-    """Training seeds (each method runs once per seed; intervals are over seeds)."""
+    seeds: tuple[int, ...] | None = None
+    """Training seeds (each method runs once per seed; intervals are over seeds). Default: the preset's."""
     iterations: int | None = None
     """Self-play iterations per run (default: the size's)."""
     samples: int | None = None
@@ -62,6 +66,13 @@ class Budget:
     lr: float
     max_new_tokens: int
     eval_samples: int
+
+
+def resolve_defaults(config: LLMBenchConfig) -> LLMBenchConfig:
+    """``out`` and ``seeds`` filled in from the preset."""
+    out = config.out or Path("bench/llm-raters" if config.preset == "raters" else "bench/llm")
+    seeds = config.seeds or ((0,) if config.preset == "quick" else (0, 1, 2))
+    return replace(config, out=out, seeds=seeds)
 
 
 def resolve_budget(config: LLMBenchConfig) -> Budget:

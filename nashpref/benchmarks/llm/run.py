@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from nashpref.benchmarks.llm.config import Budget, LLMBenchConfig, resolve_budget, validate
+from nashpref.benchmarks.llm.config import Budget, LLMBenchConfig, resolve_budget, resolve_defaults, validate
 from nashpref.benchmarks.llm.report import BASELINE, ORACLE, machine, plot, report, summarise
 from nashpref.benchmarks.llm.setup import build_setup, describe_responses, styled_response
 from nashpref.errors import BadInput
@@ -246,7 +246,12 @@ def evaluate(config: LLMBenchConfig, budget: Budget, setup: Path, kind: str, eng
 # ---- the command -----------------------------------------------------------------------------------------------
 def run_bench_llm(config: LLMBenchConfig, command: str | None = None) -> Path:
     """Build or reuse the setup, train every method and seed, score them; returns the report's path."""
+    config = resolve_defaults(config)
     validate(config)
+    if config.preset != "raters":
+        from nashpref.benchmarks.llm.race import run_race
+
+        return run_race(config, command)
     budget = resolve_budget(config)
     kind = sampler_kind(config)
     started, load_before = time.perf_counter(), os.getloadavg()[0]

@@ -82,9 +82,10 @@ def random_prompt(rng: random.Random) -> str:
     return rng.choice(PROMPTS).format(adj=adjective, noun=noun)
 
 
-def sft_corpus(count: int, rng: random.Random) -> list[tuple[str, str]]:
-    """(prompt, response) pairs: styles in STYLE_SHARES, OFF_TOPIC_SHARE of them about another noun."""
-    styles, weights = zip(*STYLE_SHARES.items())
+def sft_corpus(count: int, rng: random.Random, shares: dict[str, float] | None = None) -> list[tuple[str, str]]:
+    """(prompt, response) pairs: styles in ``shares`` (default STYLE_SHARES), OFF_TOPIC_SHARE of them about
+    another noun."""
+    styles, weights = zip(*(shares or STYLE_SHARES).items())
     pairs = []
     for _ in range(count):
         prompt = random_prompt(rng)
@@ -123,17 +124,21 @@ def describe_responses(prompts: list[str], responses: list[list[str]]) -> dict:
             "distinct": sum(len(set(rows)) / len(rows) for rows in responses) / len(responses)}
 
 
-def setup_matches(out: Path, size: str, seed: int) -> bool:
-    """True when ``out`` holds a finished setup of this size, seed and version."""
+def setup_matches(out: Path, size: str, seed: int, shares: dict | None = None, sft_steps: int | None = None) -> bool:
+    """True when ``out`` holds a finished setup of this size, seed, version, style shares and SFT steps."""
     try:
         built = json.loads((out / "setup.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return (built.get("size"), built.get("seed"), built.get("version")) == (size, seed, SETUP_VERSION)
+    return (built.get("size"), built.get("seed"), built.get("version"), built.get("style_shares_in_sft"),
+            built.get("sft_steps")) == (size, seed, SETUP_VERSION, shares or STYLE_SHARES,
+                                        sft_steps or SIZES[size].sft_steps)
 
 
-def build_setup(out: str | Path, size: str = "tiny", seed: int = 0, sft_dialogues: int = 2000) -> Path:
-    """Write the setup directory (see the module docstring); returns ``out``. Reuses a finished one."""
+def build_setup(out: str | Path, size: str = "tiny", seed: int = 0, sft_dialogues: int = 2000,
+                shares: dict[str, float] | None = None, sft_steps: int | None = None) -> Path:
+    """Write the setup directory (see the module docstring); returns ``out``. Reuses a finished one.
+    ``shares`` (style → share of the SFT corpus) and ``sft_steps`` override STYLE_SHARES and the size's."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from nashpref.lm.policy import LMPolicy
@@ -141,7 +146,7 @@ def build_setup(out: str | Path, size: str = "tiny", seed: int = 0, sft_dialogue
     from nashpref.lm.tiny import _train_policy, make_tiny_model
 
     out = Path(out)
-    if setup_matches(out, size, seed):
+    if setup_matches(out, size, seed, shares, sft_steps):
         return out
     spec = SIZES[size]
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -152,12 +157,13 @@ def build_setup(out: str | Path, size: str = "tiny", seed: int = 0, sft_dialogue
         tokenizer = AutoTokenizer.from_pretrained(base["policy"])
         model = AutoModelForCausalLM.from_pretrained(base["policy"], dtype=torch.float32)
         rng = random.Random(seed + 3)
-        pairs = sft_corpus(sft_dialogues, rng)
+        pairs = sft_corpus(sft_dialogues, rng, shares)
+        sft_steps = sft_steps or spec.sft_steps
         texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}, {"role": "assistant", "content": r}],
                                                tokenize=False) for p, r in pairs]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed + 3)
-            _train_policy(model, tokenizer, texts, spec.sft_steps, rng)
+            _train_policy(model, tokenizer, texts, sft_steps, rng)
         model.save_pretrained(staging / "policy", safe_serialization=True)
         tokenizer.save_pretrained(staging / "policy")
         shutil.rmtree(staging / "base")
@@ -171,7 +177,7 @@ def build_setup(out: str | Path, size: str = "tiny", seed: int = 0, sft_dialogue
         reference = describe_responses(heldout, drawn.texts)
         (staging / "setup.json").write_text(json.dumps(
             {"version": SETUP_VERSION, "size": size, "seed": seed, "model": asdict(spec.model),
-             "sft_steps": spec.sft_steps, "sft_dialogues": sft_dialogues, "style_shares_in_sft": STYLE_SHARES,
+             "sft_steps": sft_steps, "sft_dialogues": sft_dialogues, "style_shares_in_sft": shares or STYLE_SHARES,
              "off_topic_share_in_sft": OFF_TOPIC_SHARE, "train_prompts": len(train), "heldout_prompts": len(heldout),
              "reference_on_heldout": reference}, indent=2) + "\n", encoding="utf-8")
         if out.exists():

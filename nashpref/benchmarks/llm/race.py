@@ -1,0 +1,210 @@
+"""``nashpref bench llm --preset quick|full``: the known-answer race on a tiny language model.
+
+The world: the tiny Llama SFT'd (``setup.build_setup`` with RACE_SHARES, a few hundred steps) to answer mostly in
+one style, and the ``rule:cycle`` oracle, a sharp cycle over the three styles. The LM game reduces exactly to the
+3 × 3 class game of ``classgame``, whose equilibrium π* and Bradley–Terry/Gibbs policy are computed exactly; μ's
+class-game gap is measured once (REFERENCE_SAMPLES per prompt on every prompt of the setup) and must be at least
+MIN_REFERENCE_GAP, else the setup is refused.
+
+Every registered solver (iterative DPO among them) trains from μ with each seed; after every iteration its
+held-out responses (``heldout`` prompts drawn per seed and never trained on, ``eval_samples`` each) give one row:
+the exact class-game gap of their class shares, KL(π‖μ), the win-rate against μ's responses under the oracle,
+and the training seconds so far (evaluation excluded). The league table plays every final class distribution
+against every other in the class game (exact, since the oracle reads only the class).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from nashpref.benchmarks.llm.classgame import ORACLE, ClassGame, class_shares
+from nashpref.benchmarks.llm.config import LLMBenchConfig
+from nashpref.benchmarks.llm.setup import SIZES, build_setup
+from nashpref.errors import BadInput
+from nashpref.io import atomic_write, read_jsonl, write_json
+
+RACE_SHARES = {"warm": 0.88, "cold": 0.04, "plain": 0.08}   # most mass on warm; plain (which beats warm) is rare
+RACE_SFT_STEPS = 300
+MIN_REFERENCE_GAP = 0.2
+REFERENCE_SAMPLES = 32
+
+
+@dataclass(frozen=True)
+class RaceBudget:
+    """One preset's per-run budget."""
+
+    iterations: int
+    samples: int
+    lr: float
+    heldout: int
+    eval_samples: int
+    max_new_tokens: int
+
+
+PRESETS = {"quick": RaceBudget(iterations=12, samples=4, lr=2e-3, heldout=16, eval_samples=8, max_new_tokens=24),
+           "full": RaceBudget(iterations=30, samples=4, lr=2e-3, heldout=16, eval_samples=16, max_new_tokens=24)}
+
+
+def resolve_race_budget(config: LLMBenchConfig) -> RaceBudget:
+    base = PRESETS[config.preset]
+    return RaceBudget(iterations=config.iterations or base.iterations, samples=config.samples or base.samples,
+                      lr=config.lr or base.lr, heldout=base.heldout,
+                      eval_samples=config.eval_samples or base.eval_samples,
+                      max_new_tokens=config.max_new_tokens or base.max_new_tokens)
+
+
+# ---- the setup and its class game --------------------------------------------------------------------------------
+def build_race_setup(config: LLMBenchConfig) -> Path:
+    return build_setup(config.out / "setup", config.size, config.setup_seed, shares=RACE_SHARES,
+                       sft_steps=RACE_SFT_STEPS)
+
+
+def reference_shares(setup: Path, budget: RaceBudget, seed: int) -> list[float]:
+    """μ's class shares over REFERENCE_SAMPLES responses to every prompt of the setup (cached in the setup)."""
+    cache = setup / "reference-classes.json"
+    if cache.exists():
+        cached = json.loads(cache.read_text(encoding="utf-8"))
+        if cached.get("max_new_tokens") == budget.max_new_tokens:
+            return cached["shares"]
+    from nashpref.lm.policy import LMPolicy
+    from nashpref.lm.samplers.base import SamplingConfig
+
+    prompts = [row["prompt"] for name in ("prompts-train.jsonl", "prompts-heldout.jsonl")
+               for row in read_jsonl(setup / name)]
+    policy, _ = LMPolicy.from_pretrained(str(setup / "policy"), prompts, device="cpu",
+                                         sampling=SamplingConfig(max_new_tokens=budget.max_new_tokens))
+    drawn = policy.sample(torch.arange(len(prompts)), REFERENCE_SAMPLES, torch.Generator().manual_seed(seed))
+    shares = class_shares([t for rows in drawn.texts for t in rows]).tolist()
+    write_json(cache, {"max_new_tokens": budget.max_new_tokens, "responses": len(prompts) * REFERENCE_SAMPLES,
+                       "shares": shares})
+    return shares
+
+
+def race_class_game(setup: Path, budget: RaceBudget, config: LLMBenchConfig) -> ClassGame:
+    """The class game of μ's measured shares; refuses a μ closer to the equilibrium than MIN_REFERENCE_GAP."""
+    game = ClassGame.build(torch.tensor(reference_shares(setup, budget, config.setup_seed), dtype=torch.float64),
+                           config.tau)
+    gap = game.gap(game.mu)
+    if gap < MIN_REFERENCE_GAP:
+        raise BadInput(f"setup {setup}: μ's class-game gap is {gap:.3f} at τ = {config.tau:g}, below "
+                       f"{MIN_REFERENCE_GAP}; the race needs a reference far from the equilibrium")
+    return game
+
+
+# ---- runs --------------------------------------------------------------------------------------------------------
+def run_dir(config: LLMBenchConfig, method: str, seed: int) -> Path:
+    return config.out / "runs" / method / f"seed-{seed}"
+
+
+def race_train_config(config: LLMBenchConfig, budget: RaceBudget, setup: Path, method: str, seed: int, kind: str):
+    from nashpref.lm.config import TrainConfig
+
+    return TrainConfig(policy=str(setup / "policy"), preference=ORACLE, prompts=str(setup / "prompts-train.jsonl"),
+                       solver=method, out=run_dir(config, method, seed), heldout=budget.heldout, tau=config.tau,
+                       sampler=kind, iterations=budget.iterations, samples=budget.samples, lr=budget.lr, seed=seed,
+                       max_new_tokens=budget.max_new_tokens, eval_samples=budget.eval_samples, device=config.device,
+                       resume=True)
+
+
+def class_scorer(game: ClassGame):
+    """The trainer's extra held-out metrics: the class shares of the responses and their exact class-game gap."""
+    def score(responses) -> dict:
+        shares = class_shares([t for rows in responses.texts for t in rows])
+        return {"class_shares": shares.tolist(), "class_gap": game.gap(shares)}
+    return score
+
+
+def race_rows(metrics: list[dict]) -> list[dict]:
+    """The results rows of one run: seconds count training only (the held-out evaluation is taken out)."""
+    rows, evaluation = [], 0.0
+    for row in metrics:
+        evaluation += row["evaluation_seconds"]
+        rows.append({"iteration": row["iteration"], "class_gap": row["class_gap"], "kl": row["kl_to_reference"],
+                     "win_rate_vs_reference": row["win_rate_vs_reference"], "seconds": row["seconds"] - evaluation,
+                     "class_shares": row["class_shares"]})
+    return rows
+
+
+def train_race(config: LLMBenchConfig, budget: RaceBudget, setup: Path, game: ClassGame,
+               kind: str) -> tuple[dict, list]:
+    """Every (method, seed), methods interleaved within a seed; a finished run is reused."""
+    from tqdm import tqdm
+
+    from nashpref.lm.trainer import run_train
+
+    runs, reused = {}, []
+    jobs = [(m, s) for s in config.seeds for m in config.methods]
+    with tqdm(total=len(jobs), desc="runs", unit="run", file=sys.stderr, disable=not config.progress or None,
+              dynamic_ncols=True) as bar:
+        for method, seed in jobs:
+            out = run_dir(config, method, seed)
+            metrics = out / "metrics.jsonl"
+            done = (out / "final").is_dir() and metrics.exists() and len(read_jsonl(metrics)) >= budget.iterations
+            if done:
+                reused.append(f"{method}/seed-{seed}")
+            else:
+                bar.set_postfix_str(f"{method} seed {seed}")
+                run_train(race_train_config(config, budget, setup, method, seed, kind), progress=config.progress,
+                          score=class_scorer(game))
+            runs[f"{method}/seed-{seed}"] = race_rows(read_jsonl(metrics)[:budget.iterations])
+            bar.update()
+    return runs, reused
+
+
+def league(config: LLMBenchConfig, game: ClassGame, runs: dict) -> dict:
+    """Class-level win-rates of every method's final policy against every other's (mean over all seed pairs),
+    with μ, π* and the Bradley–Terry/Gibbs policy as extra players."""
+    players = {m: [torch.tensor(runs[f"{m}/seed-{s}"][-1]["class_shares"], dtype=torch.float64) for s in config.seeds]
+               for m in config.methods}
+    players |= {"μ": [game.mu], "π* (class game)": [game.equilibrium], "BT/Gibbs": [game.bt_gibbs]}
+    names = list(players)
+    matrix = [[sum(game.win_rate(a, b) for a in players[x] for b in players[y])
+               / (len(players[x]) * len(players[y])) for y in names] for x in names]
+    return {"players": names, "win_rate": matrix}
+
+
+# ---- the command -------------------------------------------------------------------------------------------------
+def run_race(config: LLMBenchConfig, command: str | None = None) -> Path:
+    """Build or reuse the setup, run every method and seed, write results.json, the report and the plots."""
+    from nashpref.benchmarks.llm.race_report import plot_gap, plot_league, race_markdown
+    from nashpref.benchmarks.llm.report import machine
+
+    if config.size != "tiny":
+        raise BadInput(f"--size {config.size}: the quick and full presets run the tiny model")
+    if config.sampler == "vllm":
+        raise BadInput("--sampler vllm: the race samples with transformers (the tiny model is faster there)")
+    budget = resolve_race_budget(config)
+    if budget.samples < 2:
+        raise BadInput(f"--samples {budget.samples}: self-play needs ≥ 2 responses per prompt")
+    started, load_before = time.perf_counter(), os.getloadavg()[0]
+    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    out = config.out
+    out.mkdir(parents=True, exist_ok=True)
+    if config.fresh and (out / "runs").exists():
+        shutil.rmtree(out / "runs")
+    setup = build_race_setup(config)
+    game = race_class_game(setup, budget, config)
+    runs, reused = train_race(config, budget, setup, game, "hf")
+    setup_info = json.loads((setup / "setup.json").read_text(encoding="utf-8"))
+    meta = {"command": command or f"nashpref bench llm --preset {config.preset}", "date": date,
+            "load_before": load_before, "seconds": time.perf_counter() - started, "sampler": "hf",
+            "machine": machine(), "reused_runs": reused}
+    results = {"meta": meta, "preset": config.preset, "oracle": ORACLE, "tau": config.tau,
+               "methods": list(config.methods), "seeds": list(config.seeds), "budget": asdict(budget),
+               "setup": setup_info, "class_game": game.describe(), "reference_class_gap": game.gap(game.mu),
+               "runs": {m: {str(s): runs[f"{m}/seed-{s}"] for s in config.seeds} for m in config.methods},
+               "league": league(config, game, runs)}
+    atomic_write(out / "results.json", json.dumps(results, indent=1) + "\n")
+    plot_gap(results, out / "gap.png")
+    plot_league(results, out / "league.png")
+    atomic_write(out / "README.md", race_markdown(results))
+    return out / "README.md"

@@ -1,0 +1,154 @@
+"""The report of the known-answer LLM race: a per-method table, the gap-vs-iteration plot with the class
+simplex, and the league heat-map."""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+from nashpref.benchmarks.stats import format_ci, mean_ci
+from nashpref.io import atomic_write
+
+TARGET_FACTOR = 5.0
+
+
+def summary(results: dict) -> dict:
+    """Per method: final gap, best gap, KL, win-rate vs μ (per seed), the reduction of μ's gap, s / iteration."""
+    reference = results["reference_class_gap"]
+    table = {}
+    for method in results["methods"]:
+        runs = [results["runs"][method][str(s)] for s in results["seeds"]]
+        final = [rows[-1]["class_gap"] for rows in runs]
+        table[method] = {
+            "final_gap": final, "best_gap": [min(r["class_gap"] for r in rows) for rows in runs],
+            "kl": [rows[-1]["kl"] for rows in runs],
+            "win_rate_vs_reference": [rows[-1]["win_rate_vs_reference"] for rows in runs],
+            "reduction": reference / max(mean_ci(final)[0], 1e-12),
+            "shares": [sum(rows[-1]["class_shares"][k] for rows in runs) / len(runs) for k in range(3)],
+            "seconds_per_iteration": sum(rows[-1]["seconds"] / rows[-1]["iteration"] for rows in runs) / len(runs)}
+    return table
+
+
+def race_markdown(results: dict) -> str:
+    meta, game, budget = results["meta"], results["class_game"], results["budget"]
+    table = summary(results)
+    shares = lambda p: " / ".join(f"{x:.2f}" for x in p)        # noqa: E731
+    lines = ["# Known-answer LLM race: every solver against iterative DPO under a sharp style cycle", "",
+             f"`{meta['command']}` — {meta['date']}, {meta['seconds'] / 60:.1f} min (load average "
+             f"{meta['load_before']:.1f} before), sampler {meta['sampler']}"
+             + (f"; {len(meta['reused_runs'])} runs reused" if meta["reused_runs"] else "") + ".", "",
+             f"Machine: {', '.join(f'{k} {v}' for k, v in meta['machine'].items() if v is not None)}.", "",
+             f"Oracle `{results['oracle']}`: P(warm ≻ cold) = P(cold ≻ plain) = P(plain ≻ warm) = "
+             f"{game['matrix'][0][1]:.2f}, ½ within a style; it reads a response only through its style, so the "
+             f"LM game at τ = {results['tau']:g} reduces exactly to this 3 × 3 class game. μ: the tiny Llama SFT'd "
+             f"for {results['setup']['sft_steps']} steps on a corpus with styles "
+             f"{results['setup']['style_shares_in_sft']}.", "",
+             "| policy | classes warm / cold / plain | class-game gap |", "|---|---|---|",
+             f"| μ (measured) | {shares(game['reference'])} | {game['reference_gap']:.3f} |",
+             f"| π* (class-game equilibrium) | {shares(game['equilibrium'])} | 0 |",
+             f"| Bradley–Terry/Gibbs fixed point | {shares(game['bt_gibbs'])} | {game['bt_gibbs_gap']:.3f} |", "",
+             f"Budget per run: {budget['iterations']} iterations, {budget['samples']} responses per training "
+             f"prompt, AdamW lr {budget['lr']:g}, ≤ {budget['max_new_tokens']} new tokens, every solver at its "
+             f"default options; seeds {results['seeds']}. After every iteration: {budget['heldout']} held-out "
+             f"prompts (drawn per seed, never trained on) × {budget['eval_samples']} responses. Intervals: 95% "
+             "Student-t over seeds.", "",
+             f"| method | final class gap | × less than μ's (target ≥ {TARGET_FACTOR:g}) | best gap on the way | "
+             "KL(π‖μ) | win-rate vs μ | classes warm / cold / plain | s / iteration |",
+             "|---|---|---|---|---|---|---|---|"]
+    for method, row in table.items():
+        met = "**" if row["reduction"] >= TARGET_FACTOR else ""
+        lines.append(f"| {method} | {format_ci(row['final_gap'])} | {met}{row['reduction']:.1f}×{met} | "
+                     f"{format_ci(row['best_gap'])} | {format_ci(row['kl'], 2)} | "
+                     f"{format_ci(row['win_rate_vs_reference'])} | {shares(row['shares'])} | "
+                     f"{row['seconds_per_iteration']:.2f} |")
+    lines += ["", "![gap per iteration](gap.png)", "", "## League (class-level win-rates of the final policies)",
+              "", "Row beats column with this probability (mean over all pairs of seeds); exact given the class "
+              "shares, since the oracle reads only the class.", "",
+              "| | " + " | ".join(results["league"]["players"]) + " |",
+              "|---|" + "---|" * len(results["league"]["players"])]
+    for name, row in zip(results["league"]["players"], results["league"]["win_rate"]):
+        lines.append(f"| {name} | " + " | ".join(f"{x:.2f}" for x in row) + " |")
+    lines += ["", "![league](league.png)", "", "## Columns", "",
+              "- *class-game gap*: the exact τ-regularised duality gap, in the class game, of the class shares of "
+              "the policy's held-out responses; 0 only at π*.",
+              "- *KL(π‖μ)*: the exact per-token KL summed along held-out responses of π.",
+              "- *win-rate vs μ*: mean oracle P(π's response ≻ μ's response) over all pairs per held-out prompt.",
+              "- *s / iteration*: training seconds (sampling, judging, the optimizer step; no evaluation) per "
+              "iteration, machine shared with other work."]
+    return "\n".join(lines) + "\n"
+
+
+def _simplex(shares) -> tuple[float, float]:
+    warm, cold, plain = shares
+    return cold + plain / 2, plain * math.sqrt(3) / 2
+
+
+def plot_gap(results: dict, path: Path) -> None:
+    """Left: class-game gap per iteration (mean over seeds, log scale) with μ's and the BT/Gibbs policy's gaps;
+    right: the class shares' paths in the simplex, π*, μ and the BT/Gibbs policy marked."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    game = results["class_game"]
+    figure = Figure(figsize=(15, 6), layout="constrained")
+    left, right = figure.subplots(1, 2, width_ratios=(1.4, 1))
+    colors = {m: f"C{i % 10}" for i, m in enumerate(results["methods"])}
+    for method in results["methods"]:
+        runs = [results["runs"][method][str(s)] for s in results["seeds"]]
+        steps = [0] + [r["iteration"] for r in runs[0]]
+        means = [game["reference_gap"]] + [sum(rows[i]["class_gap"] for rows in runs) / len(runs)
+                                           for i in range(len(runs[0]))]
+        style = "--" if method == "iterative-dpo" else "-"
+        left.plot(steps, [max(v, 1e-4) for v in means], style, color=colors[method], label=method,
+                  lw=2.5 if method == "iterative-dpo" else 1.5)
+        for rows in runs:
+            path_xy = [_simplex(game["reference"])] + [_simplex(r["class_shares"]) for r in rows]
+            right.plot(*zip(*path_xy), style, color=colors[method], lw=1, alpha=0.8)
+            right.plot(*path_xy[-1], "o", color=colors[method], ms=5)
+    left.axhline(game["reference_gap"], color="gray", ls=":", label=f"μ: {game['reference_gap']:.3f}")
+    left.axhline(game["bt_gibbs_gap"], color="black", ls="-.", label=f"BT/Gibbs policy: {game['bt_gibbs_gap']:.3f}")
+    left.axhline(game["reference_gap"] / TARGET_FACTOR, color="tab:green", ls=":",
+                 label=f"μ's gap / {TARGET_FACTOR:g} (target)")
+    left.set_yscale("log")
+    left.set_xlabel("iteration")
+    left.set_ylabel("exact class-game gap of the held-out class shares (π*: 0)")
+    left.set_title(f"class-game gap per iteration (mean over {len(results['seeds'])} seed(s))")
+    left.legend(fontsize=8, ncols=2)
+    corners = [(0, 0), (1, 0), (0.5, math.sqrt(3) / 2), (0, 0)]
+    right.plot(*zip(*corners), color="black", lw=0.8)
+    for name, xy in zip(("warm", "cold", "plain"), corners[:3]):
+        right.annotate(name, xy, textcoords="offset points", xytext=(-10, -12 if xy[1] == 0 else 5))
+    for key, marker, label in (("equilibrium", "*", "π* (equilibrium)"), ("bt_gibbs", "X", "BT/Gibbs policy"),
+                               ("reference", "s", "μ")):
+        right.plot(*_simplex(game[key]), marker, color="black", ms=14 if marker == "*" else 10, label=label)
+    right.set_aspect("equal")
+    right.axis("off")
+    right.set_title("class shares per iteration (dots: final; dashed: iterative DPO)")
+    right.legend(loc="upper right", fontsize=8)
+    _save(figure, FigureCanvasAgg, path)
+
+
+def plot_league(results: dict, path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    names, matrix = results["league"]["players"], results["league"]["win_rate"]
+    figure = Figure(figsize=(1.0 * len(names) + 3, 0.8 * len(names) + 2), layout="constrained")
+    ax = figure.subplots()
+    image = ax.imshow(matrix, cmap="RdBu", vmin=0, vmax=1)
+    for i, row in enumerate(matrix):
+        for j, value in enumerate(row):
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8,
+                    color="white" if abs(value - 0.5) > 0.3 else "black")
+    ax.set_xticks(range(len(names)), names, rotation=40, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_title("P(row ≻ column), final policies (class level)")
+    figure.colorbar(image, ax=ax)
+    _save(figure, FigureCanvasAgg, path)
+
+
+def _save(figure, canvas, path: Path) -> None:
+    buffer = io.BytesIO()
+    canvas(figure).print_png(buffer)
+    atomic_write(path, buffer.getvalue())

@@ -1,0 +1,155 @@
+"""The known-answer LLM race (`nashpref bench llm --preset quick|full`): its class game against independent
+computations (numpy extragradient, scipy maximisation, scipy Bradley–Terry fit), the rule:cycle oracle by hand,
+the setup's refusal of a μ near the equilibrium, and one tiny end-to-end run whose rows are checked."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import minimize, root
+
+from nashpref.benchmarks.llm import race
+from nashpref.benchmarks.llm import setup as llm_setup
+from nashpref.benchmarks.llm.classgame import BT_RIDGE, ClassGame, bt_gibbs_map, class_shares
+from nashpref.errors import BadInput
+from nashpref.preferences.rule import CYCLE_WIN, rule_oracle
+
+EPS = torch.finfo(torch.float64).eps
+TAU = 0.1
+MATRIX = np.array([[0.5, CYCLE_WIN, 1 - CYCLE_WIN], [1 - CYCLE_WIN, 0.5, CYCLE_WIN],
+                   [CYCLE_WIN, 1 - CYCLE_WIN, 0.5]])
+MU = np.array([0.84, 0.08, 0.08])
+
+
+def test_cycle_rule_by_hand():
+    oracle = rule_oracle("cycle")
+    warm, cold, plain = "the happy cat is red.", "the grim cat is old.", "the quiet cat sees a dog."
+    p = oracle.prefer_texts(["x"] * 4, [warm, cold, plain, warm], [cold, plain, warm, "the kind dog is gentle."])
+    assert p.tolist() == pytest.approx([CYCLE_WIN, CYCLE_WIN, CYCLE_WIN, 0.5], abs=1e-7)
+    assert class_shares([warm, cold, cold, plain]).tolist() == [0.25, 0.5, 0.25]
+
+
+def objective(p: np.ndarray, q: np.ndarray) -> float:
+    """f(p, q) = P(p ≻ q) − τ KL(p‖μ) + τ KL(q‖μ)."""
+    kl = lambda x: float(np.sum(x * np.log(x / MU)))       # noqa: E731
+    return float(p @ MATRIX @ q) - TAU * kl(p) + TAU * kl(q)
+
+
+def maximise(f) -> float:
+    """max over the simplex of f, by BFGS on softmax logits (smooth, concave in p)."""
+    result = minimize(lambda z: -f(np.exp(z - z.max()) / np.exp(z - z.max()).sum()), np.zeros(3), method="BFGS",
+                      options={"gtol": 1e-12})
+    return -result.fun
+
+
+@pytest.mark.parametrize("shares", [MU, [0.2, 0.3, 0.5], [0.5, 0.1, 0.4], [0.05, 0.9, 0.05]])
+def test_class_gap_against_a_direct_maximisation(shares):
+    pi = np.asarray(shares, dtype=float)
+    game = ClassGame.build(torch.tensor(MU), TAU)
+    # gap = max_p f(p, π) − min_q f(π, q), each side maximised numerically (no closed form used)
+    direct = maximise(lambda p: objective(p, pi)) + maximise(lambda q: -objective(pi, q))
+    # BFGS stops at gradient 1e-12 on a problem with curvature ≥ τ·min μ: the value error is far below this bound,
+    # which is the rounding of the sums involved (a few dozen float64 operations on O(1) numbers)
+    assert game.gap(torch.tensor(pi)) == pytest.approx(direct, abs=1e-9)
+
+
+def numpy_equilibrium(steps: int = 20_000) -> np.ndarray:
+    """The τ-regularised equilibrium by extragradient mirror descent in numpy (independent of nashpref)."""
+    log_mu, log_pi, eta = np.log(MU), np.log(MU), 1.0
+    step = lambda lp, s: (log_mu * eta * TAU + lp + eta * s) / (1 + eta * TAU)     # noqa: E731
+    normalise = lambda lp: lp - np.log(np.exp(lp - lp.max()).sum()) - lp.max()    # noqa: E731
+    for _ in range(steps):
+        half = normalise(step(log_pi, MATRIX @ np.exp(log_pi)))
+        log_pi = normalise(step(log_pi, MATRIX @ np.exp(half)))
+    return np.exp(log_pi)
+
+
+def test_class_equilibrium_against_numpy_extragradient():
+    game = ClassGame.build(torch.tensor(MU), TAU)
+    expected = numpy_equilibrium()
+    # extragradient contracts by 1/(1 + ητ) per step: after 2e4 steps it sits at the fixed point to rounding
+    assert game.equilibrium.numpy() == pytest.approx(expected, abs=64 * EPS)
+    assert abs(game.gap(game.equilibrium)) <= 64 * EPS
+    # the fixed point π* ∝ μ exp(Pπ*/τ)
+    fixed = MU * np.exp(MATRIX @ expected / TAU)
+    assert expected == pytest.approx(fixed / fixed.sum(), abs=64 * EPS)
+    assert game.gap(game.mu) > 0.2            # this μ is far from it
+
+
+def test_bt_gibbs_policy_is_a_fixed_point_of_an_independent_bt_fit():
+    game = ClassGame.build(torch.tensor(MU), TAU)
+    pi = game.bt_gibbs.numpy()
+
+    def gradient(free):      # of the ridged Bradley–Terry log-likelihood of M on π ⊗ π pairs (fit_bradley_terry's
+        s = np.concatenate([[0.0], free])   # objective, written out again), with s_warm pinned at 0
+        win = 1 / (1 + np.exp(-(s[:, None] - s[None, :])))           # σ(s_i − s_j)
+        w = pi[:, None] * pi[None, :]
+        g = (w * MATRIX * win.T).sum(1) - (w * MATRIX.T * win).sum(1) - BT_RIDGE * pi * s
+        return g[1:]
+
+    s = np.concatenate([[0.0], root(gradient, np.zeros(2), method="hybr", tol=1e-14).x])
+    gibbs = MU * np.exp((s - s.max()) / TAU)
+    # π is accepted as a fixed point when |map(π) − π| ≤ 1e-10; the map's gain near it is ≈ 4 (4c/(√3 τ) on a
+    # cycle), so map(π) computed with an exact fit can sit up to ~10× that from π
+    assert pi == pytest.approx(gibbs / gibbs.sum(), abs=1e-9)
+    assert (bt_gibbs_map(game.game, game.bt_gibbs) - game.bt_gibbs).abs().max().item() <= 1e-10
+    assert game.gap(game.bt_gibbs) > 0.05     # a Bradley–Terry fixed point is not the equilibrium here
+
+
+def test_setup_refuses_a_reference_near_the_equilibrium(tmp_path):
+    from nashpref.benchmarks.llm.config import LLMBenchConfig
+
+    budget = race.PRESETS["quick"]
+    near = ClassGame.build(torch.tensor(MU), TAU).equilibrium.tolist()
+    (tmp_path / "reference-classes.json").write_text(json.dumps({"max_new_tokens": budget.max_new_tokens,
+                                                                  "shares": near}))
+    with pytest.raises(BadInput, match="below 0.2"):
+        race.race_class_game(tmp_path, budget, LLMBenchConfig())
+
+
+SMALL = llm_setup.BenchSize(llm_setup.SIZES["tiny"].model, pretrain_steps=30, sft_steps=30, train_prompts=6,
+                            heldout_prompts=2, iterations=1, samples=2, max_new_tokens=10, eval_samples=2, lr=1e-3)
+
+
+def test_race_end_to_end_one_solver_one_seed_one_iteration(tmp_path, monkeypatch):
+    from nashpref.benchmarks.llm.config import LLMBenchConfig
+    from nashpref.benchmarks.llm.run import run_bench_llm
+    from nashpref.cli import main
+
+    monkeypatch.setitem(llm_setup.SIZES, "tiny", SMALL)
+    monkeypatch.setattr(race, "RACE_SFT_STEPS", 30)
+    monkeypatch.setattr(race, "REFERENCE_SAMPLES", 4)
+    monkeypatch.setitem(race.PRESETS, "quick", race.RaceBudget(iterations=1, samples=2, lr=1e-3, heldout=2,
+                                                               eval_samples=3, max_new_tokens=10))
+    out = tmp_path / "race"
+    # a 30-step SFT cannot promise μ's gap ≥ 0.2; that check has its own test
+    monkeypatch.setattr(race, "MIN_REFERENCE_GAP", -1.0)
+    report = run_bench_llm(LLMBenchConfig(out=out, methods=("online-ipo",), progress=False))
+    results = json.loads((out / "results.json").read_text())
+    game = results["class_game"]
+    mu = torch.tensor(game["reference"], dtype=torch.float64)
+    rebuilt = ClassGame.build(mu, TAU)
+    assert results["reference_class_gap"] == pytest.approx(rebuilt.gap(mu), abs=16 * EPS)
+    rows = results["runs"]["online-ipo"]["0"]
+    assert len(rows) == 1 and {"iteration", "class_gap", "kl", "win_rate_vs_reference", "seconds"} <= set(rows[0])
+    row = rows[0]
+    assert row["iteration"] == 1 and row["seconds"] > 0 and row["kl"] >= 0 and 0 <= row["win_rate_vs_reference"] <= 1
+    shares = torch.tensor(row["class_shares"], dtype=torch.float64)
+    assert shares.sum().item() == pytest.approx(1.0, abs=4 * EPS)
+    # 2 held-out prompts × 3 responses: every share is a multiple of 1/6
+    assert (shares * 6).tolist() == pytest.approx(torch.round(shares * 6).tolist(), abs=1e-12)
+    assert row["class_gap"] == pytest.approx(rebuilt.gap(shares), abs=16 * EPS)
+    league = results["league"]
+    assert league["players"][0] == "online-ipo"
+    for i in range(len(league["players"])):       # sᵀ M s = ½ for any s, since M + Mᵀ = 1
+        assert league["win_rate"][i][i] == pytest.approx(0.5, abs=16 * EPS)
+    assert (out / "gap.png").stat().st_size > 0 and (out / "league.png").stat().st_size > 0
+    assert "| online-ipo |" in report.read_text()
+    # bad input: one line, exit 2, nothing written
+    before = sorted(p.name for p in out.iterdir())
+    assert main(["bench", "llm", "--preset", "quick", "--out", str(out), "--size", "small"]) == 2
+    assert main(["bench", "llm", "--preset", "full", "--out", str(out), "--sampler", "vllm"]) == 2
+    assert sorted(p.name for p in out.iterdir()) == before
