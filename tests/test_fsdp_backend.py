@@ -16,6 +16,7 @@ import torch
 pytest.importorskip("transformers")
 
 from nashpref.lm.backend.distributed import shard_bounds  # noqa: E402
+from nashpref.lm.backend.fsdp import STATE_FILE  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "dist_worker.py"
@@ -107,7 +108,7 @@ def test_two_rank_step_matches_one_process(backend, fsdp_runs, tmp_path):
 def test_dcp_round_trip_same_world_size(fsdp_runs):
     out = fsdp_runs
     torchrun(2, "resume", str(out), str(out / "checkpoint"))
-    assert (out / "checkpoint" / "loop_state.pt").exists() and not list(out.glob(".checkpoint*"))
+    assert (out / "checkpoint" / STATE_FILE).exists() and not list(out.glob(".checkpoint*"))
     trained, resumed = results(out, "train", 2), results(out, "resume", 2)
     for before, after in zip(trained, resumed):
         assert after["weights_equal"] and after["moments_equal"]

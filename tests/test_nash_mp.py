@@ -11,6 +11,7 @@ from torch.testing import assert_close
 from conftest import Scripted, lbfgs_minimiser
 from conftest_lm import tiny_dir  # noqa: F401  (fixture)
 from nashpref.core.equilibrium import extragradient_step, solve_equilibrium
+from nashpref.errors import BadInput
 from nashpref.core.game import GameError, PreferenceGame, kl_divergence
 from nashpref.core.tabular import TabularPolicy
 from nashpref.core.tabular import MatrixOracle
@@ -152,7 +153,7 @@ def test_needs_positive_tau_and_valid_eta():
     game = PreferenceGame.create(WRPS, [1 / 3] * 3, 0.0, name="wrps")
     with pytest.raises(GameError, match="wrps: solver nash-mp needs tau > 0"):
         solver().init(game)
-    with pytest.raises(GameError, match="nash-mp: eta must be a finite number"):
+    with pytest.raises(BadInput, match="nash-mp: eta must be a finite number"):
         solver(eta=-1.0).step(game.with_tau(0.1), game.log_mu, 0)
 
 

@@ -12,6 +12,7 @@ from torch.testing import assert_close
 from conftest import Scripted, lbfgs_minimiser
 from conftest_lm import tiny_dir  # noqa: F401  (fixture)
 from nashpref.core.equilibrium import solve_equilibrium
+from nashpref.errors import BadInput
 from nashpref.core.game import GameError, PreferenceGame, kl_divergence
 from nashpref.core.tabular import TabularPolicy
 from nashpref.core.tabular import MatrixOracle
@@ -154,7 +155,7 @@ def test_bad_eta():
     game = PreferenceGame.create(WRPS, [1 / 3] * 3, 0.5, name="wrps")
     with pytest.raises(GameError, match="onpo: needs eta·tau < 1"):
         solver(eta=2.0).step(game, game.log_mu, 0)
-    with pytest.raises(GameError, match="onpo: eta must be a finite number"):
+    with pytest.raises(BadInput, match="onpo: eta must be a finite number"):
         solver(eta=0.0).step(game, game.log_mu, 0)
 
 

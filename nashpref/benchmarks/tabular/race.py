@@ -186,15 +186,19 @@ def race_row(game: PreferenceGame, solver: Solver, run: ExactRun, seconds: float
              equilibrium: torch.Tensor | None = None, per_iteration: float | None = None,
              thresholds: tuple[float, ...] = THRESHOLDS) -> dict:
     """A run's numbers: final gaps, when each threshold is reached for good, a thinned curve, the seconds.
-    ``per_iteration`` (sampled mode) is the queries per context and iteration."""
+    ``per_iteration`` (sampled mode) is the queries per context and iteration; the queries spent up to an
+    iteration are read from its row (they need not grow evenly: ONPO's first round queries less)."""
     rows = run.metrics
+
+    def spent(iteration: int) -> float:
+        return rows[iteration - 1]["queries"] / game.num_contexts
 
     def reach(key: str) -> dict:
         out = {}
         for threshold in thresholds:
             at = reached_at(rows, threshold, key)
             out[f"{threshold:g}"] = None if at is None else \
-                {"iteration": at} | ({} if per_iteration is None else {"queries": at * per_iteration})
+                {"iteration": at} | ({} if per_iteration is None else {"queries": spent(at)})
         return out
 
     keep = set(log_schedule(len(rows), curve_points))
@@ -202,7 +206,7 @@ def race_row(game: PreferenceGame, solver: Solver, run: ExactRun, seconds: float
     keys = ["iteration", "gap", "gap_unregularized"] + (["gap_last"] if "gap_last" in rows[-1] else [])
     curve = {key: [r[key] for r in kept] for key in keys}
     if per_iteration is not None:
-        curve["queries"] = [r["iteration"] * per_iteration for r in kept]
+        curve["queries"] = [spent(r["iteration"]) for r in kept]
     row = {"iterate": solver.iterate, "iterations": run.iterations, "seconds": seconds,
            "final_gap": rows[-1]["gap"], "final_gap_unregularized": rows[-1]["gap_unregularized"],
            "lowest_gap": min(r["gap"] for r in rows), "reach": reach("gap"),
@@ -254,9 +258,11 @@ def evaluation_seconds(game: PreferenceGame, run: ExactRun) -> float:
     return statistics.median(times)
 
 
-def queries_per_round(game: PreferenceGame, solver: Solver, values: dict) -> int:
-    """Preference queries (all contexts) of one round, counted by running it."""
-    return run_sampled(game, solver, SampledConfig(iterations=1, **values)).metrics[-1]["queries"]
+def queries_per_round(game: PreferenceGame, solver: Solver, values: dict) -> tuple[int, int]:
+    """Preference queries (all contexts) of the first round and of every later one, counted by running two
+    (a solver with memory, e.g. ONPO, queries more once it has a previous round)."""
+    queries = [row["queries"] for row in run_sampled(game, solver, SampledConfig(iterations=2, **values)).metrics]
+    return queries[0], queries[1] - queries[0]
 
 
 def game_reference(game: PreferenceGame) -> dict:
@@ -326,8 +332,10 @@ def race_tasks(plan: Plan) -> list[dict]:
                                   "iterations": plan.large_iterations if large else plan.iterations})
                     continue
                 settings = plan.sampled[name]
-                per_round = queries_per_round(game, REGISTRY[name](settings["options"]), settings["values"])
-                iterations = plan.budget * game.num_contexts // per_round
+                first, later = queries_per_round(game, REGISTRY[name](settings["options"]), settings["values"])
+                budget = plan.budget * game.num_contexts
+                iterations = 0 if budget < first else 1 + (budget - first) // later
+                per_round = first
                 if iterations < 1:
                     raise BadInput(f"bench tabular: query_budget {plan.budget} is below one round of {name} on "
                                    f"{label} ({per_round / game.num_contexts:g} queries per context)")
