@@ -25,7 +25,7 @@ from nashpref.solvers.checks import require_samples
 from nashpref.solvers.coverage import compact, distinct_weights
 from nashpref.solvers.hedge import HedgeSolver
 from nashpref.solvers.losses import dpo_loss
-from nashpref.solvers.win_rates import preference_matrix, reference_entries
+from nashpref.solvers.win_rates import preference_matrix, scored_samples
 
 SAMPLED_ETA = 1.0
 
@@ -55,7 +55,7 @@ class Config(SolverConfig):
     positive = ("eta",)
     choices = {"variant": ("soft", "prct")}
     bounded = {"margin": 1.0}
-    counts = ("reference_samples",)
+    counts = ("reference_samples", "opponents")
 
     eta: float | None = None
     """Inverse step η of π_{t+1} ∝ π_t exp(r_t/η) (the paper's KL-to-π_t weight). None: exact dynamics use the
@@ -73,8 +73,13 @@ class Config(SolverConfig):
     """Soft variant: also train on this many responses per context drawn from μ, each scored against the K
     on-policy samples (the opponents stay π_t), in pairs with every other trained response. The loss's minimiser
     does not depend on where the pairs come from, so this only adds coverage. 0 (the paper) uses π_t's samples."""
+    opponents: int = 0
+    """Soft variant: score every trained response against this many fresh draws from π_t, an unbiased estimate
+    of r_t(y) = P(y ≻ π_t) (with ``distinct`` on action ids each distinct pair is asked once, so many draws cost
+    at most N(N−1)/2 queries). 0 (the paper) scores the K samples against each other, self term ½ included."""
     distinct: bool = False
-    """Soft variant on action ids: each pair of distinct responses counts once (repeats are dropped), a context's
+    """Soft variant on action ids: each distinct pair of actions is queried once (``win_rates``), each pair of
+    distinct responses counts once (repeats are dropped), a context's
     loss is divided by its number of distinct responses, and contexts are summed, so SGD with lr ≈ 4/η² is about
     one Newton step. Ignored for language-model responses (never repeated)."""
 
@@ -84,9 +89,10 @@ class DNO(HedgeSolver):
     name = "dno"
     Config = Config
     min_samples = 2
-    sampled_options: ClassVar[dict] = {"eta": 2.0, "reference_samples": 1024, "distinct": True}
+    # 1024 opponents, each distinct pair asked once: nearly exact win-rates for ~N²/2 queries a round
+    sampled_options: ClassVar[dict] = {"eta": 1.0, "reference_samples": 1024, "opponents": 1024, "distinct": True}
     # SGD lr 4/η² is about one Newton step on a round's pairwise loss
-    sampled_defaults: ClassVar[dict] = {"lr": 1.0, "optimizer": "sgd", "samples": 8, "iterations": 2000,
+    sampled_defaults: ClassVar[dict] = {"lr": 4.0, "optimizer": "sgd", "samples": 4, "iterations": 1000,
                                         "epochs": 2}
 
     def inverse_step(self, game: PreferenceGame) -> float:
@@ -104,13 +110,11 @@ class DNO(HedgeSolver):
     def collect(self, round: Round) -> Batch:
         k = round.samples
         require_samples(self.name, k)
+        c = self.config
+        if c.variant == "soft":
+            return scored_samples(round, self.name, "reward", c.opponents, c.reference_samples, c.distinct)
         responses = round.sample(k)
         reward = preference_matrix(round, responses, k).mean(-1)     # r̂_t(y_k): win-rate incl. the self term ½
-        if self.config.variant == "soft":
-            batch = {"contexts": round.contexts, "responses": responses, "reward": reward,
-                     "log_prob_previous": round.log_prob(responses, "previous")}
-            return batch | reference_entries(round, self.name, self.config.reference_samples, responses, k,
-                                             "reward")
         index = torch.stack([reward.argmax(-1), reward.argmin(-1)], dim=-1)
         pair = take(responses, index)
         best_worst = reward.gather(1, index)

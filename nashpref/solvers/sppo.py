@@ -24,7 +24,7 @@ from nashpref.solvers.base import Batch, Policy, Round, SolverConfig, register, 
 from nashpref.solvers.checks import require_samples
 from nashpref.solvers.coverage import compact, distinct_weights
 from nashpref.solvers.hedge import HedgeSolver
-from nashpref.solvers.win_rates import preference_matrix, reference_entries
+from nashpref.solvers.win_rates import preference_matrix, reference_entries, scored_samples
 
 SAMPLED_ETA = 1.0
 
@@ -50,7 +50,7 @@ def sppo_context_loss(log_prob: Tensor, log_prob_previous: Tensor, win_rate: Ten
 class Config(SolverConfig):
     positive = ("eta",)
     choices = {"pairs": ("all", "best-worst"), "log_partition": ("half", "fit")}
-    counts = ("reference_samples",)
+    counts = ("reference_samples", "opponents")
 
     eta: float | None = None
     """Step size η of π_{t+1} ∝ π_t exp(η P(y ≻ π_t)) (the SPPO code's beta is 1/η). None: exact dynamics use
@@ -72,8 +72,13 @@ class Config(SolverConfig):
     log_partition: Literal["half", "fit"] = "half"
     """Sampled training: 'half' is the paper's target, which replaces log Z by η/2. 'fit' fits log Z per context
     by least squares (the residuals are centred), so a fully covered round's minimiser is the MW step exactly."""
+    opponents: int = 0
+    """Sampled training: score every regressed response against this many fresh draws from π_t, an unbiased
+    estimate of P(y ≻ π_t) (with ``distinct`` on action ids each distinct pair is asked once, so many draws cost
+    at most N(N−1)/2 queries). 0 (the paper) scores the K samples against each other, self term ½ included."""
     distinct: bool = False
-    """Sampled training on action ids: each distinct response counts once, and the loss is summed over distinct
+    """Sampled training on action ids: each distinct pair of actions is queried once (``win_rates``), and each
+    distinct response counts once, and the loss is summed over distinct
     responses and contexts, so SGD with lr ½ solves a 'fit' round in one step. Ignored for language-model
     responses (never repeated)."""
 
@@ -84,10 +89,11 @@ class SPPO(HedgeSolver):
     Config = Config
     min_samples = 2
     # one SGD step of lr ½ solves a round's 'fit' + 'distinct' regression exactly
-    sampled_defaults: ClassVar[dict] = {"lr": 0.5, "optimizer": "sgd", "samples": 8, "iterations": 2000,
+    # and 1024 opponents, each distinct pair asked once, make the round's win-rates nearly exact for ~N²/2 queries
+    sampled_defaults: ClassVar[dict] = {"lr": 0.5, "optimizer": "sgd", "samples": 4, "iterations": 1000,
                                         "epochs": 1}
-    sampled_options: ClassVar[dict] = {"eta": 0.5, "reference_samples": 1024, "log_partition": "fit",
-                                       "distinct": True}
+    sampled_options: ClassVar[dict] = {"eta": 1.0, "reference_samples": 1024, "opponents": 1024,
+                                       "log_partition": "fit", "distinct": True}
 
     def step_size(self, game: PreferenceGame) -> float:
         if self.config.eta is None:
@@ -99,17 +105,18 @@ class SPPO(HedgeSolver):
 
     # ---- sampled training ----------------------------------------------------------------------------------
     def collect(self, round: Round) -> Batch:
-        k = round.samples
-        require_samples(self.name, k)
-        responses = round.sample(k)
-        win_rate = preference_matrix(round, responses, k).mean(-1)   # row mean incl. the self term ½
-        if self.config.pairs == "best-worst":
+        require_samples(self.name, round.samples)
+        c = self.config
+        if c.pairs == "best-worst":
+            drawn = round.sample(round.samples)
+            win_rate = preference_matrix(round, drawn, round.samples).mean(-1)   # incl. the self term ½
             index = torch.stack([win_rate.argmax(-1), win_rate.argmin(-1)], dim=-1)
-            responses, win_rate = take(responses, index), win_rate.gather(1, index)
-        batch = {"contexts": round.contexts, "responses": responses, "win_rate": win_rate,
-                 "log_prob_previous": round.log_prob(responses, "previous")}
-        return batch | reference_entries(round, self.name, self.config.reference_samples, responses, k,
-                                         "win_rate")
+            responses, win_rate = take(drawn, index), win_rate.gather(1, index)
+            batch = {"contexts": round.contexts, "responses": responses, "win_rate": win_rate,
+                     "log_prob_previous": round.log_prob(responses, "previous")}
+            return batch | reference_entries(round, self.name, c.reference_samples, drawn, round.samples,
+                                             "win_rate")
+        return scored_samples(round, self.name, "win_rate", c.opponents, c.reference_samples, c.distinct)
 
     def loss(self, batch: Batch, policy: Policy) -> tuple[Tensor, dict[str, float]]:
         contexts = batch["contexts"]
