@@ -23,8 +23,9 @@ PROMPTS = ["describe the red cat", "tell me about a robot", "what is the river l
            "tell me about a bird", "what is the city like?"]
 TRAIN_OPTIONS = ["--sampler", "hf", "--iterations", str(ITERATIONS), "--heldout", "2", "--samples", "2",
                  "--eval-samples", "2", "--max-new-tokens", "8", "--lr", "1e-3", "--tau", "0.1", "--seed", "3"]
+# --no-recommended: the generic settings and the papers' options, the losses as a language model trains them
 SOLVE_OPTIONS = ["--game", "weighted-rps", "--mode", "sampled", "--iters", "20", "--samples", "4", "--seed", "3",
-                 "--labels", "bernoulli"]
+                 "--labels", "bernoulli", "--no-recommended"]
 TINY_BUILD = {"seed": 0, "dialogues": 600, "policy_steps": 60, "reward_steps": 80}   # as tests/conftest_lm.py
 
 

@@ -135,7 +135,7 @@ def test_reference_samples_are_scored_against_the_policy_samples_and_paired_with
     batch = solver.collect(round_)
     # scissors vs (rock, paper): (0.2 + 1)/2; rock vs (rock, paper): (½ + 0.4)/2, the same as rock's own row mean
     assert_close(batch["reference_reward"], torch.tensor([[0.6, 0.45]], dtype=f64))
-    assert round_.queries == 1 + 2 * 2
+    assert round_.queries == 3       # distinct: each pair of different actions once (R-P, R-S, P-S)
     policy = TabularPolicy(torch.log(torch.tensor([[0.5, 0.25, 0.25]], dtype=f64)))
     loss, _ = solver.loss(batch, policy)
     # distinct actions rock, paper, scissors: ℓ = (log 1.5, log 0.75, log 0.75), r = (0.45, 0.55, 0.6)

@@ -44,7 +44,8 @@ class SolveBase:
     tau: Annotated[float | None, tyro.conf.arg(metavar="X")] = None
     """KL strength τ ≥ 0; overrides the game file's default."""
     iters: Annotated[int | None, tyro.conf.arg(metavar="N")] = None
-    """Iterations (≥ 1). Default: the solver's own default in exact mode, 500 in sampled mode."""
+    """Iterations (≥ 1). Default: the solver's own default in exact mode; in sampled mode its tuned count (500
+    with --no-recommended)."""
     seed: int = 0
     """Seed of every sample and label in sampled mode (the exact dynamics are deterministic)."""
     mode: Literal["exact", "sampled"] = "exact"
@@ -64,10 +65,11 @@ class SolveBase:
     """[sampled] Optimizer on the policy logits."""
     contexts_per_round: Annotated[int | None, tyro.conf.arg(metavar="B")] = _SAMPLED.contexts_per_round
     """[sampled] Contexts drawn per round (default: all contexts of the game)."""
-    recommended: bool = False
+    recommended: bool = True
     """[sampled] Use each solver's tuned settings for tabular sampled training (its `sampled_defaults` for
     iterations / samples / lr / optimizer / epochs and its `sampled_options` for its own options) wherever this
-    command leaves the value at its default; the tuned values are listed in the solver modules."""
+    command leaves the value at its default; the tuned values are listed in the solver modules. With
+    --no-recommended every solver runs the generic defaults below and its paper options."""
 
 
 def sampled_memory(game: PreferenceGame, config: SampledConfig) -> None:
@@ -167,7 +169,7 @@ def run_solve(cmd) -> int:
 
 def sampled_config(cmd, solver: Solver) -> SampledConfig:
     """The sampled-mode settings of one solver: the command's, with the solver's tuned values in place of the
-    generic defaults when --recommended is set."""
+    generic defaults unless --no-recommended is set."""
     values = {"iterations": cmd.iters if cmd.iters is not None else _SAMPLED.iterations, "samples": cmd.samples,
               "lr": cmd.lr, "optimizer": cmd.optimizer, "epochs": cmd.epochs}
     if cmd.recommended:

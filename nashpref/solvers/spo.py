@@ -45,7 +45,7 @@ from nashpref.core.game import PreferenceGame
 from nashpref.solvers.base import Batch, Policy, Round, SolverConfig, register
 from nashpref.solvers.checks import require_samples
 from nashpref.solvers.hedge import HedgeSolver
-from nashpref.solvers.win_rates import preference_matrix
+from nashpref.solvers.win_rates import preference_matrix, win_rates_against
 
 SAMPLED_ETA = 1.0
 
@@ -65,8 +65,11 @@ def kl_policy_gradient_loss(log_prob: Tensor, log_prob_previous: Tensor, advanta
     return log_ratio.exp() * (penalty - advantage)
 
 
-def leave_one_out_win_rates(round: Round, responses, k: int) -> Tensor:
-    """(B, K) win-rate of each sample against the other K − 1 (K(K−1)/2 queries): unbiased for P(y ≻ π_t)."""
+def leave_one_out_win_rates(round: Round, responses, k: int, distinct: bool = False) -> Tensor:
+    """(B, K) win-rate of each sample against the other K − 1 (K(K−1)/2 queries; with ``distinct`` on action ids
+    one per distinct pair of different actions): unbiased for P(y ≻ π_t)."""
+    if distinct and isinstance(responses, Tensor):
+        return (win_rates_against(round, responses, k, responses, k, distinct=True) * k - 0.5) / (k - 1)
     return (preference_matrix(round, responses, k).sum(-1) - 0.5) / (k - 1)
 
 
@@ -80,6 +83,10 @@ class Config(SolverConfig):
     target_gap: float = 0.05
     """The default horizon is the smallest T whose Hedge bound √(2 log(1/min μ)/T) on the average iterate's
     unregularised gap is at most this."""
+    distinct: bool = False
+    """Sampled training on action ids: each distinct pair of the K samples is queried once
+    (``nashpref.solvers.win_rates``), so a large K costs at most N(N−1)/2 queries a round. Ignored for
+    language-model responses (never repeated)."""
 
 
 @register
@@ -105,7 +112,7 @@ class SPO(HedgeSolver):
         require_samples(self.name, k)
         responses = round.sample(k)
         return {"contexts": round.contexts, "responses": responses,
-                "advantage": leave_one_out_win_rates(round, responses, k) - 0.5,
+                "advantage": leave_one_out_win_rates(round, responses, k, self.config.distinct) - 0.5,
                 "log_prob_previous": round.log_prob(responses, "previous")}
 
     def loss(self, batch: Batch, policy: Policy) -> tuple[Tensor, dict[str, float]]:

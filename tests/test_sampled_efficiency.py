@@ -1,0 +1,170 @@
+"""Deduplicated win-rate estimates on action ids (nashpref.solvers.win_rates) and the tuned sampled settings of
+SPPO, DNO and SPO built on them: hand-derived queries and values, exact expectations, the plain estimator where
+nothing repeats (language-model responses), the exact step as the population minimiser, and short default runs."""
+
+import math
+
+import pytest
+import torch
+
+from nashpref.core.gamefile import load_game
+from nashpref.core.tabular import MatrixOracle, TabularPolicy
+from nashpref.sampled import SampledConfig, run_sampled
+from nashpref.selfplay import SelfPlayRound
+from nashpref.solvers.dno import DNO
+from nashpref.solvers.dno import Config as DNOConfig
+from nashpref.solvers.dno import dno_soft_loss
+from nashpref.solvers.spo import SPO
+from nashpref.solvers.spo import Config as SPOConfig
+from nashpref.solvers.sppo import SPPO
+from nashpref.solvers.sppo import Config as SPPOConfig
+from nashpref.solvers.win_rates import distinct_actions, distinct_prefer, win_rates_against
+from nashpref.tolerance import assert_close
+
+from conftest import lbfgs_minimiser
+
+f64 = torch.float64
+RPS = load_game("weighted-rps")         # P[0,1] = 0.4, P[0,2] = 0.8, P[1,2] = 0
+
+
+class Drawn(TabularPolicy):
+    """A frozen π_t whose draws are fixed in advance, one tensor per number of draws asked for."""
+
+    def __init__(self, logits, draws: dict[int, torch.Tensor]):
+        super().__init__(logits)
+        self.draws = draws
+
+    def sample(self, contexts, n, generator=None):
+        return self.draws[n]
+
+
+def make_round(game, draws, log_pi=None, reference=None, exact=True, seed=0, samples=None):
+    previous = Drawn(game.log_mu if log_pi is None else log_pi, draws)
+    ref = TabularPolicy(game.log_mu) if reference is None else Drawn(game.log_mu, reference)
+    k = samples if samples is not None else min(draws)
+    return SelfPlayRound(previous, ref, MatrixOracle(game), torch.arange(game.num_contexts), k, exact,
+                         torch.Generator().manual_seed(seed))
+
+
+def test_distinct_actions_by_hand():
+    values, counts, column = distinct_actions(torch.tensor([[2, 0, 2, 2], [1, 1, 1, 1]]))
+    assert values.tolist() == [[0, 2], [1, 1]]             # row 2 padded with its smallest id, count 0
+    assert counts.tolist() == [[1, 3], [4, 0]]
+    assert column.tolist() == [[1, 0, 1, 1], [0, 0, 0, 0]]
+
+
+def test_distinct_prefer_asks_each_unordered_pair_of_different_actions_once():
+    round_ = make_round(RPS, {2: torch.tensor([[0, 1]])})
+    a = torch.tensor([[0, 1, 1, 2, 0, 2]])
+    b = torch.tensor([[1, 0, 1, 0, 2, 0]])
+    p = distinct_prefer(round_, a, b)
+    # P(R≻P) 0.4, P(P≻R) 0.6, P(P≻P) ½ (not asked), P(S≻R) 0.2, P(R≻S) 0.8, P(S≻R) 0.2
+    assert_close(p, torch.tensor([[0.4, 0.6, 0.5, 0.2, 0.8, 0.2]], dtype=f64))
+    assert round_.queries == 2                           # {R, P} and {R, S}
+
+
+def test_distinct_prefer_pads_short_contexts_with_a_repeat_and_counts_it():
+    game = load_game("egpo-random")                      # 10 contexts
+    a = torch.zeros(10, 3, dtype=torch.long)
+    b = torch.zeros(10, 3, dtype=torch.long)
+    b[0] = torch.tensor([1, 2, 3])                       # context 0: three pairs; the others none
+    round_ = make_round(game, {2: torch.zeros(10, 2, dtype=torch.long)})
+    p = distinct_prefer(round_, a, b)
+    assert_close(p[0], game.P[0, 0, 1:4])
+    assert (p[1:] == 0.5).all()
+    assert round_.queries == 10 * 3                      # one (B, 3) query: the padding is asked too
+
+
+def test_win_rates_with_counted_opponents_are_the_exact_win_rates():
+    """Opponents in proportion to π = (½, ¼, ¼): the count-weighted estimate is Σ_j π_j P(y ≻ j) exactly, with
+    one query per distinct pair (3) instead of n·k = 12."""
+    pi = torch.tensor([0.5, 0.25, 0.25], dtype=f64)
+    round_ = make_round(RPS, {3: torch.tensor([[0, 1, 2]]), 4: torch.tensor([[0, 1, 0, 2]])})
+    rates = win_rates_against(round_, torch.tensor([[0, 1, 2]]), 3, torch.tensor([[0, 1, 0, 2]]), 4, True)
+    assert_close(rates, RPS.win_rates(pi.unsqueeze(0)), scale=1.0, length=4)
+    assert round_.queries == 3
+
+
+def test_without_repeats_the_distinct_estimate_is_the_plain_one_query_for_query():
+    """Language-model responses (never repeated) degrade to the plain estimator: on action ids without repeats
+    and with no pair shared, the distinct form asks the same n·k queries and returns the same values."""
+    game = load_game("egpo-random")
+    responses = torch.tensor([[0, 1, 2]]).expand(10, -1)
+    opponents = torch.tensor([[3, 4, 5, 6]]).expand(10, -1)
+    plain_round, distinct_round = make_round(game, {3: responses}), make_round(game, {3: responses})
+    plain = win_rates_against(plain_round, responses, 3, opponents, 4)
+    distinct = win_rates_against(distinct_round, responses, 3, opponents, 4, distinct=True)
+    assert_close(distinct, plain, scale=1.0, length=4)
+    assert distinct_round.queries == plain_round.queries == 10 * 3 * 4
+
+
+def test_bernoulli_labels_keep_the_estimate_unbiased():
+    """One Bernoulli label per distinct pair, weighted by the pair's count: E = Σ_j π_j P(y ≻ j). Over R rounds
+    the mean of estimates in [0, 1] lies within √(log(2/δ)/(2R)) of it except with probability δ = 1e-9
+    (Hoeffding)."""
+    rounds, delta = 4000, 1e-9
+    responses, opponents = torch.tensor([[0, 1, 2]]), torch.tensor([[0, 1, 0, 2]])
+    total = torch.zeros(1, 3, dtype=f64)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(rounds):
+        round_ = SelfPlayRound(TabularPolicy(RPS.log_mu), TabularPolicy(RPS.log_mu), MatrixOracle(RPS),
+                               torch.arange(1), 3, False, generator)
+        total += win_rates_against(round_, responses, 3, opponents, 4, distinct=True)
+    exact = RPS.win_rates(torch.tensor([[0.5, 0.25, 0.25]], dtype=f64))
+    bound = math.sqrt(math.log(2 / delta) / (2 * rounds))
+    assert (total / rounds - exact).abs().max().item() <= bound
+
+
+def covered_round(game, log_pi, opponents):
+    """Every action regressed (K = 2 policy samples plus the N actions from μ, with repeats), opponents given."""
+    n = game.num_actions
+    policy_draws = torch.tensor([[1, 1]]).expand(game.num_contexts, -1)
+    reference = torch.cat([torch.arange(n), torch.tensor([0, 2])]).expand(game.num_contexts, -1)
+    return make_round(game, {2: policy_draws, opponents.shape[1]: opponents}, log_pi=log_pi,
+                      reference={n + 2: reference}, samples=2)
+
+
+def test_sppo_covered_round_with_counted_opponents_is_one_exact_mw_step():
+    """Opponents in proportion to π_t, every action regressed, log Z fitted, distinct: the round's loss is
+    Σ_y (θ_y − θ̄ − c_y + c̄)², so one SGD step of lr ½ lands on SPPO's exact step π_t exp(η P(·≻π_t))/Z."""
+    log_pi = torch.log(torch.tensor([[0.5, 0.25, 0.25]], dtype=f64))
+    eta = 1.0
+    solver = SPPO(SPPOConfig(eta=eta, reference_samples=5, opponents=4, log_partition="fit", distinct=True))
+    batch = solver.collect(covered_round(RPS, log_pi, torch.tensor([[0, 1, 0, 2]])))
+    policy = TabularPolicy(log_pi)
+    optimizer = torch.optim.SGD(policy.parameters(), lr=0.5)
+    loss, _ = solver.loss(batch, policy)
+    loss.backward()
+    optimizer.step()
+    assert_close(policy.probabilities(), solver.step(RPS, log_pi, 0).exp(), scale=1.0, length=RPS.num_actions)
+
+
+def test_dno_covered_round_with_counted_opponents_is_minimised_by_the_exact_step():
+    """DNO's soft loss on a covered round (exact win-rates from counted opponents, each pair of distinct actions
+    once) is minimised where σ(η(ℓ₁−ℓ₂)) = σ(r₁−r₂) for every pair: π ∝ π_t exp(r_t/η), the exact step. The
+    tolerance is LBFGS's accuracy (1e-7 in L1), not rounding."""
+    log_pi = torch.log(torch.tensor([[0.5, 0.25, 0.25]], dtype=f64))
+    solver = DNO(DNOConfig(eta=2.0, reference_samples=5, opponents=4, distinct=True))
+    batch = solver.collect(covered_round(RPS, log_pi, torch.tensor([[0, 1, 0, 2]])))
+
+    class Logits:
+        def __init__(self, log_policy):
+            self.log_policy = log_policy
+
+        def log_prob(self, contexts, responses, normalize=False):
+            return self.log_policy[contexts.unsqueeze(-1), responses]
+
+    minimiser = lbfgs_minimiser(log_pi, lambda log_policy: solver.loss(batch, Logits(log_policy))[0])
+    assert (minimiser - solver.step(RPS, log_pi, 0).exp()).abs().sum().item() <= 1e-7
+    # the loss at the exact step is the floor of every pair's cross-entropy: no bias from log Z
+    step = solver.step(RPS, log_pi, 0)
+    ratio = (step - log_pi)[0]
+    reward = RPS.win_rates(log_pi.exp())[0]
+    i, j = torch.tensor([0, 0, 1]), torch.tensor([1, 2, 2])
+    floor = dno_soft_loss(ratio[i], ratio[j], reward[i], reward[j], 2.0).sum() / 3
+    assert solver.loss(batch, Logits(step))[0].item() == pytest.approx(floor.item(), rel=1e-12)
+
+
+def default_run(cls, game, iterations, seed=0):
+    settings = dict(cls.sampled_defaults, iterations=iterations)
+    return run_sampled(game, cls(cls.Config(**cls.sampled_options)), SampledConfig(**settings, seed=seed))
