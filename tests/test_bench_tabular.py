@@ -25,11 +25,11 @@ BUDGET = 12_000
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # Queries per context and round, from each solver's sampling scheme under its recommended settings:
 # online IPO and Nash-MD-PG query K = 64 pairs; INPO and iterative DPO all K(K−1)/2 pairs of K = 8 samples; EGPO
-# two preferences per triple, K = 64 triples, in both extragradient half-rounds; SPPO and DNO all 28 pairs of
-# their K = 8 samples plus 1024 reference samples against each of the 8.
+# two preferences per triple, K = 64 triples, in both extragradient half-rounds. SPPO, DNO and SPO ask each
+# distinct pair of different actions once (at most N(N−1)/2 = 3 here), so their counts are read from their rows.
 QUERIES_PER_ROUND = {"online-ipo": 64, "nash-md": 64, "inpo": 28, "iterative-dpo": 28, "egpo": 2 * 2 * 64,
-                     "sppo": 28 + 1024 * 8, "dno": 28 + 1024 * 8, "comal": 28, "mpo": 28, "spo": 28,
-                     "nash-mp": 2 * 8 + 2 * 8}
+                     "comal": 28, "mpo": 28, "nash-mp": 2 * 8 + 2 * 8}
+DISTINCT_PAIRS = {"sppo", "dno", "spo"}
 # K = 8: ONPO's first round has no memory (28 pair queries); every later one adds K queries against it
 LATER_ROUND_EXTRA = {"onpo": 8}
 # weighted-rps at τ = 0.1 (algorithms.md §10.3; games/weighted-rps.toml)
@@ -94,6 +94,9 @@ def test_reach_is_the_first_iteration_that_stays_below(race):
                 solver = row["solver"]
                 if solver == "onpo":
                     expected = 28 * by_hand + LATER_ROUND_EXTRA[solver] * (by_hand - 1)
+                elif solver in DISTINCT_PAIRS:        # between 0 and 3 queries a round
+                    expected = curve["queries"][by_hand - 1]
+                    assert expected <= 3 * by_hand
                 else:
                     expected = by_hand * QUERIES_PER_ROUND[solver]
                 assert hit["queries"] == expected       # integer counts
@@ -115,6 +118,9 @@ def test_sampled_rows_spend_the_same_query_budget(race):
     _, report = race
     assert report["query_budget"] == BUDGET
     for row in rows(report, "sampled"):
+        if row["solver"] in DISTINCT_PAIRS:      # budgeted by their first round, the widest (μ covers all 3)
+            assert row["queries_per_context"] <= BUDGET and row["sampled"]["iterations"] == row["iterations"]
+            continue
         first = 28 if row["solver"] == "onpo" else QUERIES_PER_ROUND[row["solver"]]
         later = first + LATER_ROUND_EXTRA.get(row["solver"], 0)
         assert row["iterations"] == 1 + (BUDGET - first) // later

@@ -313,13 +313,31 @@ def test_recommended_sampled_settings_are_the_solvers_tuned_ones(tmp_path):
     assert main(["solve", "--game", "weighted-rps", "--solver", "sppo", "--mode", "sampled", "--recommended",
                  "--iters", "40", "--out", str(out)]) == 0
     result = json.loads((out / "result.json").read_text())
-    expected = SampledConfig(iterations=40, samples=8, lr=0.5, optimizer="sgd", epochs=1, seed=0)
+    expected = SampledConfig(iterations=40, samples=4, lr=0.5, optimizer="sgd", epochs=1, seed=0)
     assert result["sampled"]["lr"] == 0.5 and result["sampled"]["optimizer"] == "sgd"
     assert result["sampled"]["iterations"] == 40          # set on the command line: kept
-    options = Config(eta=0.5, reference_samples=1024, log_partition="fit", distinct=True)
-    assert result["solver_config"]["reference_samples"] == 1024 and result["solver_config"]["eta"] == 0.5
+    options = Config(eta=1.0, reference_samples=1024, opponents=1024, log_partition="fit", distinct=True)
+    assert result["solver_config"]["reference_samples"] == 1024 and result["solver_config"]["eta"] == 1.0
     run = run_sampled(load_game("weighted-rps"), SPPO(options), expected)
     assert_close(torch.tensor(result["policies"], dtype=torch.float64), run.policies, scale=1.0)
+
+
+def test_sampled_mode_defaults_to_the_tuned_settings(tmp_path):
+    """Without a flag, `solve --mode sampled` runs the tuned settings (the same run as --recommended);
+    --no-recommended runs the generic defaults and the paper's options."""
+    runs = {}
+    for flag in ("--recommended", None, "--no-recommended"):
+        out = tmp_path / str(flag)
+        argv = ["solve", "--game", "weighted-rps", "--solver", "dno", "--mode", "sampled", "--iters", "10",
+                "--out", str(out)] + ([flag] if flag else [])
+        assert main(argv) == 0
+        runs[flag] = json.loads((out / "result.json").read_text())
+    assert runs[None]["policies"] == runs["--recommended"]["policies"]
+    assert runs[None]["solver_config"]["opponents"] == 1024 and runs[None]["sampled"]["optimizer"] == "sgd"
+    generic = runs["--no-recommended"]
+    assert generic["solver_config"]["opponents"] == 0 and generic["solver_config"]["distinct"] is False
+    assert (generic["sampled"]["optimizer"], generic["sampled"]["lr"], generic["sampled"]["samples"]) == \
+        ("adam", 0.01, 8)
 
 
 def test_bench_tabular_through_the_cli(tmp_path, capsys):

@@ -148,10 +148,10 @@ def test_reference_samples_are_scored_against_the_policy_samples_and_paired_with
 
 def test_recommended_sampled_settings_reach_the_unregularised_equilibrium_on_random_games(random_game):
     """EGPO random games (3 contexts, N = 10; μ's own gap 0.44) with DNO.sampled_defaults and
-    DNO.sampled_options. Measured worst-context Gap₀ of the average iterate after 2000 rounds, game seeds 0–1 ×
-    sampler seeds 0–2: 0.020, 0.014, 0.018, 0.011, 0.009, 0.015 (one epoch per round instead of two: 0.015–0.021).
-    Exact MW at the same step: 0.013 on egpo-random. The paper's on-policy loss stays far off (egpo-random: 0.57).
-    Weighted-rps, same settings: 0.006."""
+    DNO.sampled_options (η = 1, K = 4, 1024 μ-samples and 1024 opponents, each distinct pair asked once).
+    Measured worst-context Gap₀ of the average iterate after 1000 rounds, game seeds 0–1 × sampler seeds 0–2:
+    0.022, 0.021, 0.022, 0.020, 0.016, 0.015, with 30k–34k queries per context. The paper's on-policy loss stays
+    far off (egpo-random: 0.57). Weighted-rps, same settings: 0.0075."""
     game = random_game(10, 0, 0.1, contexts=3)
     run = run_sampled(game, DNO(Config(**DNO.sampled_options)), SampledConfig(**DNO.sampled_defaults, seed=0))
     assert game.gap(run.policies, tau=0.0).max().item() <= 0.025
