@@ -168,3 +168,14 @@ def test_dno_covered_round_with_counted_opponents_is_minimised_by_the_exact_step
 def default_run(cls, game, iterations, seed=0):
     settings = dict(cls.sampled_defaults, iterations=iterations)
     return run_sampled(game, cls(cls.Config(**cls.sampled_options)), SampledConfig(**settings, seed=seed))
+
+
+@pytest.mark.parametrize("cls", [SPPO, DNO])
+def test_default_sampled_run_reaches_the_unregularised_equilibrium_cheaply(cls, random_game):
+    """The tuned settings for 300 rounds on a random N = 7 game (μ's own Gap₀ 0.26). Measured Gap₀ of the average
+    iterate, game seeds 0–3 × sampler seeds 0–2: SPPO 0.015–0.024, DNO 0.015–0.024, with 4.7k–6.1k queries; the
+    bound on the queries is by hand: at most N(N−1)/2 = 21 distinct pairs a round."""
+    game = random_game(7, 0, 0.1)
+    run = default_run(cls, game, 300)
+    assert game.gap(run.policies, tau=0.0).item() <= 0.03 < game.gap(game.mu, tau=0.0).item()
+    assert run.metrics[-1]["queries"] <= 300 * 21
