@@ -89,6 +89,10 @@ class Config(SolverConfig):
     (1 − ητ)^s to reach 1e-3."""
     period: int = 100
     """Sampled training: rounds per outer step (the reference π_k is refreshed every ``period`` rounds)."""
+    distinct: bool = False
+    """Sampled training on action ids: each distinct pair of the K samples is queried once
+    (``nashpref.solvers.win_rates``), so a large K costs at most N(N−1)/2 queries a round. Ignored for
+    language-model responses (never repeated)."""
 
 
 @register
@@ -148,7 +152,7 @@ class COMAL(Solver):
     def collect(self, round: Round) -> Batch:
         period = check_count(self.config.period, "period", self.name)
         self.anchor.update(round, period)
-        responses, batch = pair_batch(round, self.name)
+        responses, batch = pair_batch(round, self.name, self.config.distinct)
         return batch | {"log_prob_anchor": self.anchor.log_prob(round.contexts, responses)}
 
     def loss(self, batch: Batch, policy: Policy) -> tuple[Tensor, dict[str, float]]:

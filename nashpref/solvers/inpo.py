@@ -92,12 +92,13 @@ class INPO(Solver):
         return pair_loss(batch, policy, batch["log_prob_reference"], self.step_size(tau), tau), {}
 
 
-def pair_batch(round: Round, name: str) -> tuple[object, Batch]:
-    """(responses, batch): K samples from π_t, the label of every unordered pair and π_t's log-probs."""
+def pair_batch(round: Round, name: str, distinct: bool = False) -> tuple[object, Batch]:
+    """(responses, batch): K samples from π_t, the label of every unordered pair and π_t's log-probs (with
+    ``distinct`` on action ids, each distinct pair of different actions is queried once)."""
     k = round.samples
     require_samples(name, k)
     responses = round.sample(k)
-    label = preference_matrix(round, responses, k)
+    label = preference_matrix(round, responses, k, distinct)
     i, j = torch.triu_indices(k, k, offset=1)
     return responses, {"contexts": round.contexts, "responses": responses, "label": label[:, i, j],
                        "log_prob_previous": round.log_prob(responses, "previous")}

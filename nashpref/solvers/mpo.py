@@ -62,6 +62,10 @@ class Config(SolverConfig):
     of the inner game (INPO's analysis). In sampled training 1/η weighs KL(π_θ‖π_t)."""
     period: int = 50
     """Steps (exact dynamics) or rounds (sampled training) between magnet refreshes ν ← π_t."""
+    distinct: bool = False
+    """Sampled training on action ids: each distinct pair of the K samples is queried once
+    (``nashpref.solvers.win_rates``), so a large K costs at most N(N−1)/2 queries a round. Ignored for
+    language-model responses (never repeated)."""
 
 
 @register
@@ -113,7 +117,7 @@ class MPO(Solver):
         self.anchor.update(round, self.options()[2])
         responses = round.sample(k)
         return {"contexts": round.contexts, "responses": responses,
-                "advantage": leave_one_out_win_rates(round, responses, k) - 0.5,
+                "advantage": leave_one_out_win_rates(round, responses, k, self.config.distinct) - 0.5,
                 "log_prob_previous": round.log_prob(responses, "previous"),
                 "log_prob_magnet": self.anchor.log_prob(round.contexts, responses)}
 

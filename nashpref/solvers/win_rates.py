@@ -19,17 +19,21 @@ from nashpref.errors import BadInput
 from nashpref.solvers.base import take
 
 
-def preference_matrix(round: Any, responses: Any, k: int) -> Tensor:
+def preference_matrix(round: Any, responses: Any, k: int, distinct: bool = False) -> Tensor:
     """(B, K, K) matrix P̂[b, i, j] = P(y_i ≻ y_j) for a round's K samples per context.
 
     Each unordered pair is queried once and mirrored (P(b ≻ a) = 1 − P(a ≻ b), which also holds for Bernoulli
-    labels); the diagonal is the self term ½ and is never queried.
+    labels); the diagonal is the self term ½ and is never queried. With ``distinct`` on action ids, each distinct
+    pair of different actions is queried once (``distinct_prefer``).
     """
     batch = round.contexts.shape[0]
     i, j = torch.triu_indices(k, k, offset=1)
     first = take(responses, i.unsqueeze(0).expand(batch, -1))
     second = take(responses, j.unsqueeze(0).expand(batch, -1))
-    p = round.prefer(first, second).to(torch.float64)
+    if distinct and isinstance(responses, Tensor):
+        p = distinct_prefer(round, first, second)
+    else:
+        p = round.prefer(first, second).to(torch.float64)
     matrix = torch.full((batch, k, k), 0.5, dtype=torch.float64)
     matrix[:, i, j] = p
     matrix[:, j, i] = 1.0 - p
