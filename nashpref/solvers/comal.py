@@ -105,8 +105,9 @@ class COMAL(Solver):
     min_samples = 2
     # tests/test_comal.py: weighted-rps, seed 0: last-iterate Gap₀ 0.003 after 3000 rounds (it wanders between
     # 0.002 and 0.08 along the way: Adam's constant step leaves a noise floor that each anchor refresh inherits)
-    sampled_defaults: ClassVar[dict] = {"lr": 0.01, "optimizer": "adam", "samples": 8, "iterations": 3000}
-    sampled_options: ClassVar[dict] = {"tau": 0.1, "period": 200}
+    # K = 64 with each distinct pair asked once (≤ N(N−1)/2 queries a round): rare actions keep being sampled
+    sampled_defaults: ClassVar[dict] = {"lr": 0.01, "optimizer": "adam", "samples": 64, "iterations": 3000}
+    sampled_options: ClassVar[dict] = {"tau": 0.1, "period": 200, "distinct": True}
 
     def __init__(self, config: Config | None = None):
         super().__init__(config)

@@ -78,8 +78,9 @@ class MPO(Solver):
     min_samples = 2
     # tests/test_mpo.py: weighted-rps, seed 0: last-iterate Gap₀ 0.003 after 3000 rounds (between 0.001 and 0.08
     # along the way, as for COMAL)
-    sampled_defaults: ClassVar[dict] = {"lr": 0.01, "optimizer": "adam", "samples": 8, "iterations": 3000}
-    sampled_options: ClassVar[dict] = {"period": 200}
+    # K = 64 with each distinct pair asked once (≤ N(N−1)/2 queries a round): rare actions keep being sampled
+    sampled_defaults: ClassVar[dict] = {"lr": 0.01, "optimizer": "adam", "samples": 64, "iterations": 3000}
+    sampled_options: ClassVar[dict] = {"period": 200, "distinct": True}
 
     def __init__(self, config: Config | None = None):
         super().__init__(config)
