@@ -202,7 +202,7 @@ def test_unregularised_race_skips_tau_solvers_and_meets_the_hedge_bound(tmp_path
     ({"modes": ("exact", "fast")}, "unknown mode 'fast'"),
     ({"exact_iterations": 0}, "exact_iterations must be an integer >= 1"),
     ({"query_budget": -5}, "query_budget must be an integer >= 1"),
-    ({"query_budget": 5000, "solvers": ("inpo", "sppo")}, "below one round of sppo"),
+    ({"query_budget": 100, "solvers": ("inpo", "egpo")}, "below one round of egpo"),
     ({"seeds": ()}, "seeds must be a non-empty list"),
     ({"tau": -1.0}, "tau must be a finite number >= 0"),
     ({"out": "FILE"}, "exists and is not a directory"),
