@@ -70,18 +70,19 @@ class Config(SolverConfig):
     margin: float = 0.1
     """DNO-Prct only: keep a best/worst pair only if their win-rates differ by at least this."""
     reference_samples: int = 0
-    """Soft variant: also train on this many responses per context drawn from μ, each scored against the K
-    on-policy samples (the opponents stay π_t), in pairs with every other trained response. The loss's minimiser
-    does not depend on where the pairs come from, so this only adds coverage. 0 (the paper) uses π_t's samples."""
+    """Soft variant: also train on this many responses per context drawn from μ, each scored against the same draws
+    from π_t as the on-policy samples (the K samples, or ``opponents``), in pairs with every other trained response.
+    The loss's minimiser does not depend on where the pairs come from, so this only adds coverage. 0 (the paper)
+    uses π_t's samples."""
     opponents: int = 0
     """Soft variant: score every trained response against this many fresh draws from π_t, an unbiased estimate
     of r_t(y) = P(y ≻ π_t) (with ``distinct`` on action ids each distinct pair is asked once, so many draws cost
     at most N(N−1)/2 queries). 0 (the paper) scores the K samples against each other, self term ½ included."""
     distinct: bool = False
-    """Soft variant on action ids: each distinct pair of actions is queried once (``win_rates``), each pair of
-    distinct responses counts once (repeats are dropped), a context's
-    loss is divided by its number of distinct responses, and contexts are summed, so SGD with lr ≈ 4/η² is about
-    one Newton step. Ignored for language-model responses (never repeated)."""
+    """Soft variant on action ids: each distinct pair of actions is queried once (``win_rates``), each pair of distinct
+    responses counts once (repeats are dropped), a context's loss is divided by its number of distinct responses,
+    and contexts are summed, so SGD with lr ≈ 4/η² is about one Newton step. Ignored for language-model responses
+    (never repeated)."""
 
 
 @register

@@ -65,10 +65,10 @@ class Config(SolverConfig):
     the MW step up to the log Z bias), or only the best and worst by P̂ ('best-worst', what the paper's code trains
     on; mid-ranked actions get no target)."""
     reference_samples: int = 0
-    """Sampled training: also regress this many responses per context drawn from μ, each scored against the K
-    on-policy samples (the opponents stay π_t). The regression's pointwise minimiser does not depend on where the
-    regressed responses come from, so this only adds coverage: actions that π_t has nearly dropped still get
-    targets. 0 (the paper) regresses the on-policy samples only."""
+    """Sampled training: also regress this many responses per context drawn from μ, each scored against the same
+    draws from π_t as the on-policy samples (the K samples, or ``opponents``). The regression's pointwise
+    minimiser does not depend on where the regressed responses come from, so this only adds coverage: actions that
+    π_t has nearly dropped still get targets. 0 (the paper) regresses the on-policy samples only."""
     log_partition: Literal["half", "fit"] = "half"
     """Sampled training: 'half' is the paper's target, which replaces log Z by η/2. 'fit' fits log Z per context
     by least squares (the residuals are centred), so a fully covered round's minimiser is the MW step exactly."""
@@ -78,8 +78,8 @@ class Config(SolverConfig):
     at most N(N−1)/2 queries). 0 (the paper) scores the K samples against each other, self term ½ included."""
     distinct: bool = False
     """Sampled training on action ids: each distinct pair of actions is queried once (``win_rates``), and each
-    distinct response counts once, and the loss is summed over distinct
-    responses and contexts, so SGD with lr ½ solves a 'fit' round in one step. Ignored for language-model
+    distinct response counts once, and the loss is summed over distinct responses and contexts, so SGD with lr ½
+    solves a 'fit' round in one step. Ignored for language-model
     responses (never repeated)."""
 
 

@@ -62,9 +62,10 @@ def gap_at(curve: list[list[float]], q: float) -> float | None:
 
 
 def median_curve(runs: list[dict]) -> tuple[list[float], list[float]]:
-    """The median gap over runs on a log grid of queries, up to the shortest run's last query count."""
+    """The median gap over runs on a log grid of queries, up to the longest run's last query count (a finished run
+    keeps its last iterate, so its gap holds from there on)."""
     low = max(r["curve"][0][0] for r in runs)
-    high = min(r["curve"][-1][0] for r in runs)
+    high = max(r["curve"][-1][0] for r in runs)
     xs = [low * (high / low) ** (i / (GRID - 1)) for i in range(GRID)] if high > low else [low]
     ys = [statistics.median(gap_at(r["curve"], x) for r in runs) for x in xs]
     return xs, ys
@@ -76,18 +77,20 @@ def plot(path: Path, runs: list[dict]) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(figsize=(9, 6))
-    for name in REGISTRY:
+    colours = plt.get_cmap("tab20").colors
+    for index, name in enumerate(REGISTRY):
         mine = [r for r in runs if r["solver"] == name]
         if mine:
             xs, ys = median_curve(mine)
-            style = "--" if name == "iterative-dpo" else "-"
-            axes.plot(xs, ys, style, label=f"{name} ({'Gap₀' if name in UNREGULARISED else 'Gap_τ'})")
+            style = "--" if name in UNREGULARISED else "-"
+            axes.plot(xs, ys, style, color=colours[2 * index % 20 + (index >= 10)],
+                      label=f"{name} ({'Gap₀' if name in UNREGULARISED else 'Gap_τ'})")
     axes.axhline(TARGET, color="black", lw=0.8, ls=":")
     axes.axvline(BUDGET, color="black", lw=0.8, ls=":")
     axes.set(xscale="log", yscale="log", xlabel="preference queries per context",
              ylabel="duality gap at the solver's target τ (median over games × seeds)",
              title=f"default `solve --mode sampled` runs, random games N ∈ {SIZES}, τ = {TAU}")
-    axes.legend(fontsize=8, ncol=2)
+    axes.legend(fontsize=8, ncol=2, title="dashed: τ = 0 solvers (Gap₀)", title_fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -130,7 +133,9 @@ def markdown(report: dict) -> str:
             "Gap₀ (τ = 0) for the solvers of the unregularised game (SPPO, DNO, SPO, MPO, COMAL) and Gap_τ for "
             "the others, of the iterate each solver's guarantee is about. 'Queries to reach' = queries per "
             "context from which the gap stays ≤ the target to the end of the run. Iterative DPO is the "
-            "baseline (no equilibrium guarantee).\n\n" + table + "\n\n![queries to gap](queries_to_gap.png)\n")
+            "baseline (no equilibrium guarantee). The plot shows, per solver, the median over its "
+            f"{len(report['sizes']) * len(report['game_seeds']) * len(report['seeds'])} runs of the gap "
+            "at each query count (a finished run holds its last iterate).\n\n" + table + "\n\n![queries to gap](queries_to_gap.png)\n")
 
 
 def run_bench(args: argparse.Namespace) -> int:
