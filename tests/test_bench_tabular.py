@@ -25,11 +25,11 @@ BUDGET = 12_000
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # Queries per context and round, from each solver's sampling scheme under its recommended settings:
 # online IPO and Nash-MD-PG query K = 64 pairs; INPO and iterative DPO all K(K−1)/2 pairs of K = 8 samples; EGPO
-# two preferences per triple, K = 64 triples, in both extragradient half-rounds. SPPO, DNO, COMAL and MPO ask each
+# two preferences per triple, K = 64 triples, in both extragradient half-rounds. SPPO, DNO, SPO, COMAL and MPO ask each
 # distinct pair of different actions once (at most N(N−1)/2 = 3 here), so their counts are read from their rows.
 QUERIES_PER_ROUND = {"online-ipo": 64, "nash-md": 64, "inpo": 28, "iterative-dpo": 28, "egpo": 2 * 2 * 64,
-                     "spo": 28, "nash-mp": 2 * 8 + 2 * 8}
-DISTINCT_PAIRS = {"sppo", "dno", "comal", "mpo"}
+                     "nash-mp": 2 * 8 + 2 * 8}
+DISTINCT_PAIRS = {"sppo", "dno", "spo", "comal", "mpo"}
 # K = 8: ONPO's first round has no memory (28 pair queries); every later one adds K queries against it
 LATER_ROUND_EXTRA = {"onpo": 8}
 # weighted-rps at τ = 0.1 (algorithms.md §10.3; games/weighted-rps.toml)
