@@ -45,8 +45,7 @@ from nashpref.core.game import PreferenceGame
 from nashpref.solvers.base import Batch, Policy, Round, SolverConfig, register
 from nashpref.solvers.checks import require_samples
 from nashpref.solvers.hedge import HedgeSolver
-from nashpref.solvers.coverage import compact, distinct_weights
-from nashpref.solvers.win_rates import preference_matrix, scored_samples, win_rates_against
+from nashpref.solvers.win_rates import joined, preference_matrix, scored_samples, win_rates_against
 
 SAMPLED_ETA = 1.0
 
@@ -140,26 +139,12 @@ class SPO(HedgeSolver):
 
     def covered_loss(self, batch: Batch, policy: Policy) -> tuple[Tensor, dict[str, float]]:
         """The loss of an ``opponents`` / ``reference_samples`` round, advantages centred per prompt."""
-        responses, contexts = batch["responses"], batch["contexts"]
-        log_prob = policy.log_prob(contexts, responses)
-        previous, win_rate = batch["log_prob_previous"], batch["win_rate"]
-        if "reference_responses" in batch:
-            others = batch["reference_responses"]
-            log_prob = torch.cat([log_prob, policy.log_prob(contexts, others)], dim=-1)
-            previous = torch.cat([previous, batch["reference_log_prob_previous"]], dim=-1)
-            win_rate = torch.cat([win_rate, batch["reference_win_rate"]], dim=-1)
-            if isinstance(responses, Tensor):
-                responses = torch.cat([responses, others], dim=-1)
-        previous, win_rate = previous.to(log_prob), win_rate.to(log_prob)
-        weight = distinct_weights(responses) if self.config.distinct else None
-        if weight is None:
-            weight = torch.full_like(log_prob, 1.0 / log_prob.shape[-1])
-        else:
-            weight, log_prob, previous, win_rate = compact(weight, log_prob, previous, win_rate)
-            weight = weight.to(log_prob)
+        log_prob, previous, win_rate, weight = joined(batch, policy, "win_rate", self.config.distinct)
+        summed = weight is not None         # distinct: each action once, contexts summed (one exact SGD step)
+        weight = torch.full_like(log_prob, 1.0 / log_prob.shape[-1]) if weight is None else weight.to(log_prob)
         advantage = win_rate - (weight * win_rate).sum(-1, keepdim=True) / weight.sum(-1, keepdim=True)
         per_context = (weight * kl_policy_gradient_loss(log_prob, previous, advantage, self.sampled_eta())).sum(-1)
-        loss = per_context.sum() if self.config.distinct and isinstance(responses, Tensor) else per_context.mean()
+        loss = per_context.sum() if summed else per_context.mean()
         return loss, {"advantage": advantage.abs().mean().item()}
 
     def loss_count(self, batch: Batch) -> float | None:

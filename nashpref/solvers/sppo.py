@@ -22,9 +22,8 @@ from torch import Tensor
 from nashpref.core.game import PreferenceGame
 from nashpref.solvers.base import Batch, Policy, Round, SolverConfig, register, take
 from nashpref.solvers.checks import require_samples
-from nashpref.solvers.coverage import compact, distinct_weights
 from nashpref.solvers.hedge import HedgeSolver
-from nashpref.solvers.win_rates import preference_matrix, reference_entries, scored_samples
+from nashpref.solvers.win_rates import joined, preference_matrix, reference_entries, scored_samples
 
 SAMPLED_ETA = 1.0
 
@@ -119,21 +118,7 @@ class SPPO(HedgeSolver):
         return scored_samples(round, self.name, "win_rate", c.opponents, c.reference_samples, c.distinct)
 
     def loss(self, batch: Batch, policy: Policy) -> tuple[Tensor, dict[str, float]]:
-        contexts = batch["contexts"]
-        log_prob = policy.log_prob(contexts, batch["responses"])
-        previous, win_rate = batch["log_prob_previous"], batch["win_rate"]
-        weight = distinct_weights(batch["responses"]) if self.config.distinct else None
-        if "reference_responses" in batch:
-            others = batch["reference_responses"]
-            log_prob = torch.cat([log_prob, policy.log_prob(contexts, others)], dim=-1)
-            previous = torch.cat([previous, batch["reference_log_prob_previous"]], dim=-1)
-            win_rate = torch.cat([win_rate, batch["reference_win_rate"]], dim=-1)
-            if self.config.distinct:
-                weight = distinct_weights(torch.cat([batch["responses"], others], dim=-1)
-                                          if isinstance(others, Tensor) else others)
-        previous, win_rate = previous.to(log_prob), win_rate.to(log_prob)
-        if weight is not None:
-            weight, log_prob, previous, win_rate = compact(weight, log_prob, previous, win_rate)
+        log_prob, previous, win_rate, weight = joined(batch, policy, "win_rate", self.config.distinct)
         eta = SAMPLED_ETA if self.config.eta is None else self.config.eta
         fit = self.config.log_partition == "fit"
         per_context = sppo_context_loss(log_prob, previous, win_rate, eta, weight, fit)

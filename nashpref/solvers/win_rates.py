@@ -17,6 +17,7 @@ from torch import Tensor
 
 from nashpref.errors import BadInput
 from nashpref.solvers.base import take
+from nashpref.solvers.coverage import compact, distinct_weights
 
 
 def preference_matrix(round: Any, responses: Any, k: int, distinct: bool = False) -> Tensor:
@@ -141,3 +142,24 @@ def reference_entries(round: Any, solver: str, extra: int, opponents: Any, k: in
     return {"reference_responses": others,
             f"reference_{target_key}": win_rates_against(round, others, extra, opponents, k),
             "reference_log_prob_previous": round.log_prob(others, "previous")}
+
+
+def joined(batch: dict, policy: Any, key: str, distinct: bool) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """A ``scored_samples`` batch's K responses and μ-draws side by side: (policy log-probs with gradients, π_t's
+    log-probs, the targets under ``key``, distinct weights or None), repeats dropped by ``compact`` when
+    ``distinct`` applies (action ids)."""
+    contexts, responses = batch["contexts"], batch["responses"]
+    log_prob = policy.log_prob(contexts, responses)
+    previous, target = batch["log_prob_previous"], batch[key]
+    if "reference_responses" in batch:
+        others = batch["reference_responses"]
+        log_prob = torch.cat([log_prob, policy.log_prob(contexts, others)], dim=-1)
+        previous = torch.cat([previous, batch["reference_log_prob_previous"]], dim=-1)
+        target = torch.cat([target, batch[f"reference_{key}"]], dim=-1)
+        responses = torch.cat([responses, others], dim=-1) if isinstance(others, Tensor) else others
+    previous, target = previous.to(log_prob), target.to(log_prob)
+    weight = distinct_weights(responses) if distinct else None
+    if weight is None:
+        return log_prob, previous, target, None
+    weight, log_prob, previous, target = compact(weight, log_prob, previous, target)
+    return log_prob, previous, target, weight
