@@ -25,6 +25,7 @@ TARGET, BUDGET = 0.03, 100_000          # the gap to reach and the queries per c
 SIZES = (5, 7, 10)
 TAU = 0.1
 GRID = 60                               # log-spaced query counts of the median curves
+CURVE_POINTS = 120                      # log-spaced iterations kept per run
 UNREGULARISED = ("sppo", "dno", "spo", "mpo", "comal")   # they solve the τ = 0 game: their gap is Gap₀
 
 
@@ -48,11 +49,11 @@ def one_run(solver: str, n: int, game_seed: int, seed: int, iterations: int | No
     stay = len(gaps)
     while stay > 0 and gaps[stay - 1] <= TARGET:
         stay -= 1
-    keep = [t - 1 for t in log_schedule(len(rows), 300)]
+    keep = [t - 1 for t in log_schedule(len(rows), CURVE_POINTS)]
     return {"solver": solver, "n": n, "game_seed": game_seed, "seed": seed, "iterations": run.iterations,
             "gap_key": key, "final_gap": gaps[-1], "queries": queries[-1], "seconds": seconds,
             "first_reach": first, "reach_and_stay": queries[stay] if stay < len(gaps) else None,
-            "curve": [[queries[i], gaps[i]] for i in keep]}
+            "curve": [[queries[i], float(f"{gaps[i]:.4g}")] for i in keep]}
 
 
 def gap_at(curve: list[list[float]], q: float) -> float | None:
