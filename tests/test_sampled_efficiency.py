@@ -14,6 +14,8 @@ from nashpref.selfplay import SelfPlayRound
 from nashpref.solvers.dno import DNO
 from nashpref.solvers.dno import Config as DNOConfig
 from nashpref.solvers.dno import dno_soft_loss
+from nashpref.solvers.mpo import MPO
+from nashpref.solvers.mpo import Config as MPOConfig
 from nashpref.solvers.spo import SPO
 from nashpref.solvers.spo import Config as SPOConfig
 from nashpref.solvers.sppo import SPPO
@@ -178,6 +180,21 @@ def test_spo_covered_round_is_one_exact_hedge_step_for_sgd_of_lr_eta():
     loss.backward()
     optimizer.step()
     assert_close(policy.probabilities(), solver.step(RPS, log_pi, 0).exp(), scale=1.0, length=RPS.num_actions)
+
+
+def test_mpo_covered_round_is_one_exact_mmd_step_for_sgd_of_lr_the_mirror_step():
+    """As for SPO, with the magnet ν: at θ_t the gradient is −(A − α log(π_t/ν)) centred, so one SGD step of lr
+    η/(1 + ηα) is MPO's exact step (the first round's magnet is π_t itself in both)."""
+    log_pi = torch.log(torch.tensor([[0.5, 0.25, 0.25]], dtype=f64))
+    solver = MPO(MPOConfig(reference_samples=5, opponents=4, distinct=True))
+    alpha, eta, _ = solver.options()
+    batch = solver.collect(covered_round(RPS, log_pi, torch.tensor([[0, 1, 0, 2]])))
+    policy = TabularPolicy(log_pi)
+    optimizer = torch.optim.SGD(policy.parameters(), lr=eta / (1 + eta * alpha))
+    loss, _ = solver.loss(batch, policy)
+    loss.backward()
+    optimizer.step()
+    assert_close(policy.probabilities(), MPO().step(RPS, log_pi, 0).exp(), scale=1.0, length=RPS.num_actions)
 
 
 def default_run(cls, game, iterations, seed=0):

@@ -39,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
+import torch
 from torch import Tensor
 
 from nashpref.core.game import PreferenceGame
@@ -47,6 +48,7 @@ from nashpref.solvers.base import Batch, Policy, Round, Solver, SolverConfig, re
 from nashpref.solvers.checks import check_number, require_samples
 from nashpref.solvers.inpo import default_eta
 from nashpref.solvers.spo import kl_policy_gradient_loss, leave_one_out_win_rates
+from nashpref.solvers.win_rates import joined, scored_samples
 
 DEFAULT_ITERATIONS = 20_000
 
@@ -54,6 +56,7 @@ DEFAULT_ITERATIONS = 20_000
 @dataclasses.dataclass
 class Config(SolverConfig):
     positive = ("alpha", "eta")
+    counts = ("opponents", "reference_samples")
 
     alpha: float = 0.1
     """Magnet strength α: the KL weight towards the magnet ν (the regularisation of each inner game)."""
@@ -66,6 +69,13 @@ class Config(SolverConfig):
     """Sampled training on action ids: each distinct pair of the K samples is queried once
     (``nashpref.solvers.win_rates``), so a large K costs at most N(N−1)/2 queries a round. Ignored for
     language-model responses (never repeated)."""
+    opponents: int = 0
+    """Sampled training: score each trained response against this many fresh draws from π_t (as SPO's option);
+    with it (or ``reference_samples``) the advantage A − α log(π_t/ν) is centred per prompt, and with ``distinct``
+    each distinct action counts once and contexts are summed, so one SGD step of lr η/(1 + ηα) from π_t is
+    exactly the MMD step on the covered actions."""
+    reference_samples: int = 0
+    """Sampled training: also train on this many responses per context drawn from μ (coverage)."""
 
 
 @register
@@ -78,9 +88,10 @@ class MPO(Solver):
     min_samples = 2
     # tests/test_mpo.py: weighted-rps, seed 0: last-iterate Gap₀ 0.003 after 3000 rounds (between 0.001 and 0.08
     # along the way, as for COMAL)
-    # K = 64 with each distinct pair asked once (≤ N(N−1)/2 queries a round): rare actions keep being sampled
-    sampled_defaults: ClassVar[dict] = {"lr": 0.01, "optimizer": "adam", "samples": 64, "iterations": 3000}
-    sampled_options: ClassVar[dict] = {"period": 200, "distinct": True}
+    # Covered, centred, distinct rounds: one SGD step of lr η/(1+ηα) = α/(α²+¼) ≈ 0.385 (the defaults) is the MMD
+    # step; 1024 μ-samples and opponents, each distinct pair asked once, cost ≤ N(N−1)/2 queries a round
+    sampled_defaults: ClassVar[dict] = {"lr": 0.385, "optimizer": "sgd", "samples": 4, "iterations": 2000}
+    sampled_options: ClassVar[dict] = {"period": 100, "reference_samples": 1024, "opponents": 1024, "distinct": True}
 
     def __init__(self, config: Config | None = None):
         super().__init__(config)
@@ -116,6 +127,14 @@ class MPO(Solver):
         k = round.samples
         require_samples(self.name, k)
         self.anchor.update(round, self.options()[2])
+        c = self.config
+        if c.opponents or c.reference_samples:
+            batch = scored_samples(round, self.name, "win_rate", c.opponents, c.reference_samples, c.distinct)
+            batch["log_prob_magnet"] = self.anchor.log_prob(round.contexts, batch["responses"])
+            if "reference_responses" in batch:
+                batch["reference_log_prob_magnet"] = self.anchor.log_prob(round.contexts,
+                                                                          batch["reference_responses"])
+            return batch
         responses = round.sample(k)
         return {"contexts": round.contexts, "responses": responses,
                 "advantage": leave_one_out_win_rates(round, responses, k, self.config.distinct) - 0.5,
@@ -124,11 +143,25 @@ class MPO(Solver):
 
     def loss(self, batch: Batch, policy: Policy) -> tuple[Tensor, dict[str, float]]:
         alpha, eta, _ = self.options()
+        if "win_rate" in batch:
+            log_prob, previous, win_rate, weight, magnet = joined(batch, policy, "win_rate", self.config.distinct,
+                                                                  "log_prob_magnet")
+            summed = weight is not None     # distinct: each action once, contexts summed (one exact SGD step)
+            weight = torch.full_like(log_prob, 1.0 / log_prob.shape[-1]) if weight is None else weight
+            shift = win_rate - alpha * (previous - magnet)
+            advantage = win_rate - (weight * shift).sum(-1, keepdim=True) / weight.sum(-1, keepdim=True)
+            per_context = (weight * kl_policy_gradient_loss(log_prob, previous, advantage, eta, magnet, alpha)).sum(-1)
+            return (per_context.sum() if summed else per_context.mean()), {}
         log_prob = policy.log_prob(batch["contexts"], batch["responses"])
         per_sample = kl_policy_gradient_loss(log_prob, batch["log_prob_previous"].to(log_prob),
                                              batch["advantage"].to(log_prob), eta,
                                              batch["log_prob_magnet"].to(log_prob), alpha)
         return per_sample.mean(), {"log_ratio_magnet": (log_prob.detach() - batch["log_prob_magnet"]).mean().item()}
+
+    def loss_count(self, batch: Batch) -> float | None:
+        if "win_rate" in batch and self.config.distinct and isinstance(batch["responses"], Tensor):
+            return None
+        return float(batch["contexts"].shape[0])
 
     # ---- checkpointed state (the magnet of sampled training) --------------------------------------------------
     def state_dict(self) -> dict:

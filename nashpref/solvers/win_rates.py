@@ -144,22 +144,21 @@ def reference_entries(round: Any, solver: str, extra: int, opponents: Any, k: in
             "reference_log_prob_previous": round.log_prob(others, "previous")}
 
 
-def joined(batch: dict, policy: Any, key: str, distinct: bool) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+def joined(batch: dict, policy: Any, key: str, distinct: bool, *also: str) -> tuple:
     """A ``scored_samples`` batch's K responses and μ-draws side by side: (policy log-probs with gradients, π_t's
-    log-probs, the targets under ``key``, distinct weights or None), repeats dropped by ``compact`` when
-    ``distinct`` applies (action ids)."""
+    log-probs, the targets under ``key``, distinct weights or None, then the entries ``also`` name), repeats
+    dropped by ``compact`` when ``distinct`` applies (action ids)."""
     contexts, responses = batch["contexts"], batch["responses"]
     log_prob = policy.log_prob(contexts, responses)
-    previous, target = batch["log_prob_previous"], batch[key]
+    values = [batch[name] for name in ("log_prob_previous", key) + also]
     if "reference_responses" in batch:
         others = batch["reference_responses"]
         log_prob = torch.cat([log_prob, policy.log_prob(contexts, others)], dim=-1)
-        previous = torch.cat([previous, batch["reference_log_prob_previous"]], dim=-1)
-        target = torch.cat([target, batch[f"reference_{key}"]], dim=-1)
+        values = [torch.cat([value, batch[f"reference_{name}"]], dim=-1)
+                  for value, name in zip(values, ("log_prob_previous", key) + also)]
         responses = torch.cat([responses, others], dim=-1) if isinstance(others, Tensor) else others
-    previous, target = previous.to(log_prob), target.to(log_prob)
+    values = [value.to(log_prob) for value in values]
     weight = distinct_weights(responses) if distinct else None
-    if weight is None:
-        return log_prob, previous, target, None
-    weight, log_prob, previous, target = compact(weight, log_prob, previous, target)
-    return log_prob, previous, target, weight
+    if weight is not None:
+        weight, log_prob, *values = compact(weight, log_prob, *values)
+    return (log_prob, values[0], values[1], weight, *values[2:])
