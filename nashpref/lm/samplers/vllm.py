@@ -33,13 +33,10 @@ from torch import Tensor
 
 from nashpref.lm.responses import TokenResponses, responses_from_lists
 from nashpref.lm.samplers.base import SamplingConfig, draw_seed
+from nashpref.errors import WeightSyncError
 from nashpref.quiet import verbose
 
 __all__ = ["VLLMSampler", "WeightSyncError"]
-
-
-class WeightSyncError(RuntimeError):
-    """The engine's log-probs disagree with the policy's: it is not running the policy's weights."""
 
 
 class VLLMSampler:
