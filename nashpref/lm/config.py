@@ -57,6 +57,11 @@ class TrainConfig:
     """K: responses sampled per prompt per round (solvers that compare pairs use K of them, or K pairs)."""
     prompts_per_round: int | None = None
     """Training prompts drawn (without replacement) per round; default: every training prompt."""
+    payoff: Literal["probability", "log-odds"] = "probability"
+    """What the game pays: the oracle's P(a ≻ b), or its log-odds log(P/(1 − P)) (under Bradley-Terry the
+    equilibrium is then the RLHF policy μ·exp(r/τ)/Z). log-odds is played as the equivalent probability game
+    ½ + c·log-odds at strength c·τ, with P clipped to [ε, 1 − ε] (ε of float32) and c = 1/(2 log((1 − ε)/ε))
+    ≈ 0.0314, recorded as payoff_scale in config.json (docs/theory.md)."""
     labels: Literal["exact", "bernoulli"] = "exact"
     """Preference signal given to the solver: the oracle's probability P(a ≻ b), or one Bernoulli 0/1 label."""
     epochs: int = 1
@@ -140,6 +145,7 @@ class TrainConfig:
         for name in ("max_grad_norm", "sync_tolerance", "lora_alpha"):
             number(getattr(self, name), flag(name), allow_none=True)
         for name, allowed in {"sampler": ("auto", "vllm", "hf"), "labels": ("exact", "bernoulli"),
+                              "payoff": ("probability", "log-odds"),
                               "backend": ("auto", "single", "ddp", "fsdp"),
                               "dtype": ("auto", "float32", "bfloat16", "float16")}.items():
             choice(getattr(self, name), flag(name), allowed)
@@ -164,6 +170,10 @@ def make_solver(config: TrainConfig) -> Solver:
 def describe_config(config: TrainConfig, solver: Solver) -> dict:
     """The run's options as JSON (OUT/config.json), with the solver's options under ``solver_options``."""
     fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(TrainConfig)}
+    if config.payoff == "log-odds":
+        from nashpref.preferences.payoff import log_odds_scale
+
+        fields["payoff_scale"] = log_odds_scale()
     return jsonable(fields | {"solver_options": dataclasses.asdict(solver.config)})
 
 
