@@ -25,8 +25,9 @@ class TrainConfig:
     """Preference oracle P(a ≻ b | x): reward:PATH (Bradley-Terry over a reward model), pairwise:PATH (a pairwise
     classifier read in both orders), judge:PATH (an instruction model, position-swapped), rule:NAME (length, warm,
     cyclic), python:FILE.py:NAME (your function (prompts, a, b) -> list of P(a ≻ b)), mix:W1=SPEC1;W2=SPEC2 (a
-    weighted mixture of oracles) or ensemble:min:PATH1,PATH2 / ensemble:mean-std@C:PATH1,PATH2 (reward models
-    aggregated pessimistically, then Bradley-Terry)."""
+    weighted mixture of oracles), ensemble:min:PATH1,PATH2 / ensemble:mean-std@C:PATH1,PATH2 (reward models
+    aggregated pessimistically, then Bradley-Terry) or maxmin:SPEC1;SPEC2 (user groups: each query batch weighs
+    the groups whose win-rate against the reference is lowest; maxmin:hedge@ETA:…, maxmin:argmin:…)."""
     prompts: str
     """Prompts: a local .jsonl / .json / .parquet / .csv file or a hub dataset id."""
     solver: str
