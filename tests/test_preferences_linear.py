@@ -129,3 +129,42 @@ def test_bad_linear_inputs(tiny_dir, tmp_path):
         run_fit_preference(FitPreferenceConfig(data=str(data), base=str(tiny_dir / "policy"), out=tmp_path / "o",
                                                model="bt-linear", ridge=0.0))
     assert not (tmp_path / "o").exists()
+
+
+def test_theory_enhance_picks_responses_by_rejection_sampling(tiny_dir, tmp_path):
+    """`nashpref theory enhance` on a bt-linear fit: its weights are the empirical enhancer recomputed here from the
+    features, its acceptance probabilities q/max q, the kept texts those accepted, and the uncertainty grows."""
+    from nashpref.theory.rejection import empirical_enhancer
+
+    prompts, a, b = texts(200, seed=6)
+    k, kind = 4, "bt-linear"
+    phi_a, phi_b = features(tiny_dir, prompts, a, b, k, seed=0)
+    w = truth(kind, phi_a, phi_b, seed=7)
+    labels = torch.sigmoid(pair_features(kind, phi_a, phi_b) @ w)
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p, "a": x, "b": y, "label": float(v)}) + "\n"
+                            for p, x, y, v in zip(prompts, a, b, labels)), encoding="utf-8")
+    fit = tmp_path / "fit"
+    assert main(["fit-preference", "--data", str(data), "--base", str(tiny_dir / "policy"), "--out", str(fit),
+                 "--model", kind, "--feature-dim", str(k), "--validation", "0"]) == 0
+    draws = tmp_path / "draws.jsonl"
+    rows = [{"prompt": prompts[i], "responses": a[8 * i:8 * i + 8]} for i in range(3)]
+    draws.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    out = tmp_path / "enhanced"
+    assert main(["theory", "enhance", "--linear", str(fit), "--responses", str(draws), "--budget", "0.3",
+                 "--out", str(out)]) == 0
+    model, _ = load_linear(fit)
+    backbone, tokenizer = load_backbone(str(tiny_dir / "policy"), "cpu", "float32")
+    for row, got in zip(rows, read_jsonl(out / "enhancer.jsonl")):
+        phi = (embed(backbone, tokenizer, [row["prompt"]] * 8, row["responses"]) @ model.projection).unsqueeze(0)
+        q = empirical_enhancer(phi, model.sigma, 0.3)[0]
+        weights = torch.tensor(got["weights"], dtype=DTYPE)
+        assert torch.equal(weights, q)              # the same features, the same computation
+        assert got["accept"] == (weights / weights.max()).tolist()
+        assert set(got["enhancer"]) <= set(row["responses"]) and got["width_enhancer"] >= got["width_main"]
+    summary = json.loads((out / "results.json").read_text())
+    assert summary["prompts"] == 3 and summary["draws"] == 24 and summary["mean_width_gain"] > 0
+    with pytest.raises(NashprefError, match="non-empty list"):
+        draws.write_text(json.dumps({"prompt": "p", "responses": []}) + "\n", encoding="utf-8")
+        from nashpref.cli.theory import Enhance, run_enhance
+        run_enhance(Enhance(linear=str(fit), responses=str(draws), out=tmp_path / "x"))

@@ -210,3 +210,28 @@ def load_backbone(path: str, device: str | None, dtype: str = "auto"):
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side, tokenizer.truncation_side = "right", "left"
     return model.to(target).eval(), tokenizer
+
+
+def enhancer_choice(oracle: LinearOracle, prompt: Prompt, responses: Sequence[str], budget: float,
+                    generator: torch.Generator) -> dict:
+    """The enhancer's responses among ``responses`` (draws of the main policy for ``prompt``) by rejection sampling
+    on the fitted model's features and Σ (``nashpref.theory.rejection``), with the uncertainty ‖w‖_{Σ⁻¹} of the
+    comparison main-vs-main (``width_main``) and main-vs-enhancer (``width_enhancer``)."""
+    from nashpref.theory.bandit import LinearBandit
+    from nashpref.theory.enhancer import affine_map, uncertainty
+    from nashpref.theory.rejection import rejection_enhancer
+
+    kind = "bt" if oracle.model.kind == "bt-linear" else "skew"
+    phi = oracle.features([prompt] * len(responses), list(responses)).unsqueeze(0)          # (1, K, k)
+    result = rejection_enhancer(phi, oracle.model.sigma, budget, generator, kind)
+    uniform = torch.full(phi.shape[:2], 1.0 / phi.shape[1], dtype=DTYPE)
+    G, g = affine_map(LinearBandit(phi=phi, mu=uniform, tau=1.0), uniform, kind)
+    sigma_inv = torch.linalg.inv(oracle.model.sigma)
+
+    def width(pi: Tensor) -> float:
+        return uncertainty(sigma_inv, torch.einsum("cn,cnd->cd", pi, G) + g).item()
+
+    accepted = result.accepted[0].tolist()
+    return {"prompt": prompt, "responses": list(responses), "weights": result.weights[0].tolist(),
+            "accept": result.accept[0].tolist(), "enhancer": [r for r, keep in zip(responses, accepted) if keep],
+            "width_main": width(uniform), "width_enhancer": width(result.weights)}
