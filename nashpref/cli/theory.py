@@ -83,8 +83,10 @@ def run_enhance(cmd: Enhance, tick=lambda: None) -> tuple[dict, dict]:
     from nashpref.checks import number
     from nashpref.errors import BadInput
     from nashpref.io import read_jsonl
+    from nashpref.lm.loading import require_lm_extra
     from nashpref.preferences.linear import LinearOracle, enhancer_choice
 
+    require_lm_extra("theory enhance")
     number(cmd.budget, "--budget", low_open=False)
     if not Path(cmd.responses).is_file():
         raise BadInput(f"--responses {cmd.responses}: no such file")

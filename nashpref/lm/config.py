@@ -27,7 +27,8 @@ class TrainConfig:
     cyclic), python:FILE.py:NAME (your function (prompts, a, b) -> list of P(a ≻ b)), mix:W1=SPEC1;W2=SPEC2 (a
     weighted mixture of oracles), ensemble:min:PATH1,PATH2 / ensemble:mean-std@C:PATH1,PATH2 (reward models
     aggregated pessimistically, then Bradley-Terry) or maxmin:SPEC1;SPEC2 (user groups: each query batch weighs
-    the groups whose win-rate against the reference is lowest; maxmin:hedge@ETA:…, maxmin:argmin:…)."""
+    the groups whose win-rate against the reference is lowest; maxmin:hedge@ETA:…, maxmin:argmin:…) or linear:DIR
+    (a fit-preference --model bt-linear|skew-bilinear fit)."""
     prompts: str
     """Prompts: a local .jsonl / .json / .parquet / .csv file or a hub dataset id."""
     solver: str

@@ -1,4 +1,5 @@
-"""``nashpref fit-preference``: fit the ``pairwise:`` oracle's model by maximum likelihood on preference rows.
+"""``nashpref fit-preference``: fit the ``pairwise:`` oracle's model by maximum likelihood on preference rows
+(``--model bt-linear|skew-bilinear``: the linear models on frozen embeddings of ``nashpref.preferences.linear``).
 
 The model is the one :class:`nashpref.preferences.pairwise.PairwiseOracle` reads: a sequence classifier with one
 logit s(x, a, b) on the text ``format_pair`` builds, made antisymmetric by scoring both orders,
