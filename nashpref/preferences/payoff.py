@@ -8,8 +8,11 @@ log-odds gap. A certain preference has infinite log-odds, so P is first clipped 
 epsilon of the oracle's dtype (float32 for text oracles), which bounds |R| by L = log((1 − ε)/ε) and fixes
 c = 1/(2L) before any query: P' ∈ [0, 1]. In float32, L ≈ 15.94 and c ≈ 0.03136.
 
-Losses that divide P' − ½ by τ' (online IPO, Nash-MD, INPO, …) see exactly logit(P)/τ; solvers of the
-unregularised game (SPPO, DNO) have the same equilibrium, but their step sizes act on c·R, so scale them by 1/c.
+The fixed point is the log-odds game's for every solver; the steps depend on the loss. Online IPO's target
+(P' − ½)/τ' is exactly logit(P)/τ. Losses linear in P' − ½ (Nash-MD's policy gradient, SPPO, DNO) are c times
+the log-odds ones: Adam largely absorbs that, and with SGD the learning rate should be scaled by 1/c. Step sizes
+that depend on τ (INPO's default η) are taken at τ' = cτ.
+
 Bernoulli labels are drawn from P', which is what the equivalent game needs (an unbiased 0/1 estimate of logit(P)
 itself does not exist).
 """
