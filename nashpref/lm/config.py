@@ -25,8 +25,10 @@ class TrainConfig:
     """Preference oracle P(a ≻ b | x): reward:PATH (Bradley-Terry over a reward model), pairwise:PATH (a pairwise
     classifier read in both orders), judge:PATH (an instruction model, position-swapped), rule:NAME (length, warm,
     cyclic), python:FILE.py:NAME (your function (prompts, a, b) -> list of P(a ≻ b)), mix:W1=SPEC1;W2=SPEC2 (a
-    weighted mixture of oracles) or ensemble:min:PATH1,PATH2 / ensemble:mean-std@C:PATH1,PATH2 (reward models
-    aggregated pessimistically, then Bradley-Terry)."""
+    weighted mixture of oracles), ensemble:min:PATH1,PATH2 / ensemble:mean-std@C:PATH1,PATH2 (reward models
+    aggregated pessimistically, then Bradley-Terry) or maxmin:SPEC1;SPEC2 (user groups: each query batch weighs
+    the groups whose win-rate against the reference is lowest; maxmin:hedge@ETA:…, maxmin:argmin:…) or linear:DIR
+    (a fit-preference --model bt-linear|skew-bilinear fit)."""
     prompts: str
     """Prompts: a local .jsonl / .json / .parquet / .csv file or a hub dataset id."""
     solver: str
@@ -57,6 +59,11 @@ class TrainConfig:
     """K: responses sampled per prompt per round (solvers that compare pairs use K of them, or K pairs)."""
     prompts_per_round: int | None = None
     """Training prompts drawn (without replacement) per round; default: every training prompt."""
+    payoff: Literal["probability", "log-odds"] = "probability"
+    """What the game pays: the oracle's P(a ≻ b), or its log-odds log(P/(1 − P)) (under Bradley-Terry the
+    equilibrium is then the RLHF policy μ·exp(r/τ)/Z). log-odds is played as the equivalent probability game
+    ½ + c·log-odds at strength c·τ, with P clipped to [ε, 1 − ε] (ε of float32) and c = 1/(2 log((1 − ε)/ε))
+    ≈ 0.0314, recorded as payoff_scale in config.json (docs/theory.md)."""
     labels: Literal["exact", "bernoulli"] = "exact"
     """Preference signal given to the solver: the oracle's probability P(a ≻ b), or one Bernoulli 0/1 label."""
     epochs: int = 1
@@ -140,6 +147,7 @@ class TrainConfig:
         for name in ("max_grad_norm", "sync_tolerance", "lora_alpha"):
             number(getattr(self, name), flag(name), allow_none=True)
         for name, allowed in {"sampler": ("auto", "vllm", "hf"), "labels": ("exact", "bernoulli"),
+                              "payoff": ("probability", "log-odds"),
                               "backend": ("auto", "single", "ddp", "fsdp"),
                               "dtype": ("auto", "float32", "bfloat16", "float16")}.items():
             choice(getattr(self, name), flag(name), allowed)
@@ -164,6 +172,10 @@ def make_solver(config: TrainConfig) -> Solver:
 def describe_config(config: TrainConfig, solver: Solver) -> dict:
     """The run's options as JSON (OUT/config.json), with the solver's options under ``solver_options``."""
     fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(TrainConfig)}
+    if config.payoff == "log-odds":
+        from nashpref.preferences.payoff import log_odds_scale
+
+        fields["payoff_scale"] = log_odds_scale()
     return jsonable(fields | {"solver_options": dataclasses.asdict(solver.config)})
 
 

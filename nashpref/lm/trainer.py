@@ -264,10 +264,13 @@ def _train(config, solver, policy, reference, oracle, sampler, train_rows, heldo
         sampler._held = None                # the next sync is labelled
     hooks = TrainHooks(out, evaluator, sampler, train_rows + heldout_rows, bar, rows, backend, ledger)
     hooks.tracker = tracker if backend.is_main else None
+    from nashpref.preferences.payoff import game_oracle
+
+    played, tau = game_oracle(oracle, config.payoff, config.tau, reference, config.seed)   # --payoff, maxmin:
     with bar:
-        state = self_play(solver, policy, reference, oracle, optimizer, num_contexts=num_train,
+        state = self_play(solver, policy, reference, played, optimizer, num_contexts=num_train,
                           iterations=config.iterations, samples=config.samples, generator=generator,
-                          tau=config.tau, exact_labels=config.labels == "exact", epochs=config.epochs,
+                          tau=tau, exact_labels=config.labels == "exact", epochs=config.epochs,
                           minibatches=config.minibatches, contexts_per_round=config.prompts_per_round,
                           grad_accumulation=config.grad_accumulation, max_grad_norm=config.max_grad_norm,
                           backend=backend, hooks=hooks, checkpoints=out / CHECKPOINTS, resume=config.resume)
