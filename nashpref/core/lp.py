@@ -81,6 +81,7 @@ def symmetric_equilibrium(A: np.ndarray, tol: float, on_step: Callable[[int, flo
     L = 1.0 - A
     A32 = A.astype(np.float32)
     row_norms = np.abs(A).sum(1)
+    tried = None                     # the last support whose exact finish failed
     z = np.full(n, 4.0 / n)          # feasible start: w = 4 − 4(A1)/n − 1 ≥ 1 since |A| ≤ ½
     w = L @ z - 1.0
     for iteration in range(1, MAX_ITERATIONS + 1):
@@ -89,7 +90,7 @@ def symmetric_equilibrium(A: np.ndarray, tol: float, on_step: Callable[[int, flo
         if on_step is not None:
             on_step(iteration, mu)
         if mu < FINISH_BELOW:
-            x = finish(A, z, w, tol)
+            x, tried = finish(A, z, w, tol, tried)
             if x is not None:
                 return x, iteration
             if mu < 1e-18:
@@ -213,13 +214,16 @@ def longest_step(z, w, dz, dw) -> float:
     return step
 
 
-def finish(A: np.ndarray, z: np.ndarray, w: np.ndarray, tol: float) -> np.ndarray | None:
-    """The exact solution on the support read off the iterate, else the iterate itself, if either is certified."""
-    x = exact_finish(A, np.flatnonzero(z > w))
-    if certified(A, x, tol):
-        return x
+def finish(A: np.ndarray, z: np.ndarray, w: np.ndarray, tol: float, tried: np.ndarray | None):
+    """(The exact solution on the support read off the iterate, else the iterate itself, if either is certified,
+    else None; the support tried). A support that already failed is not solved again."""
+    support = np.flatnonzero(z > w)
+    if tried is None or not np.array_equal(support, tried):
+        x = exact_finish(A, support)
+        if certified(A, x, tol):
+            return x, support
     x = on_simplex(A.shape[0], np.arange(A.shape[0]), z)
-    return x if certified(A, x, tol) else None
+    return (x if certified(A, x, tol) else None), support
 
 
 def highs_equilibrium(P: np.ndarray, name: str = "game", method: str = "highs-ipm") -> np.ndarray:
