@@ -27,6 +27,7 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
+import torch
 
 ELIMINATE_ABOVE = 20.0       # eliminate actions with d = w/z ≥ this · √n (‖A_bb‖₂ ≈ 0.6 √|b| for random A)
 MAX_REFINEMENTS = 10
@@ -125,8 +126,6 @@ def newton_solver(A: np.ndarray, A32: np.ndarray, row_norms: np.ndarray, d: np.n
     the support) are eliminated with their block of G taken as diag d, which leaves a Schur complement on the
     other actions only, and that is factored in float32 (twice as fast), or in float64 if refinement does not
     converge from float32; failing both, G is factored whole in float64."""
-    from scipy.linalg import lu_factor, lu_solve
-
     n = len(d)
     big = d >= ELIMINATE_ABOVE * np.sqrt(n)
     u = None
@@ -139,13 +138,15 @@ def newton_solver(A: np.ndarray, A32: np.ndarray, row_norms: np.ndarray, d: np.n
             except ArithmeticError:
                 continue
         if u is None:
-            lu = lu_factor(np.diag(d) - A, check_finite=False)
+            factored = lu_solver(np.diag(d) - A)
 
             def solve_g(rhs, strict=False):
-                return lu_solve(lu, rhs, check_finite=False)
+                return factored(rhs)
 
             u = solve_g(np.ones(n))
-    except (ValueError, np.linalg.LinAlgError):
+    except (ValueError, RuntimeError, np.linalg.LinAlgError):
+        return None
+    if not np.isfinite(u).all():
         return None
     denominator = 1.0 + u.sum()
 
@@ -159,28 +160,37 @@ def newton_solver(A: np.ndarray, A32: np.ndarray, row_norms: np.ndarray, d: np.n
 def schur_solver(A32: np.ndarray, d: np.ndarray, big: np.ndarray):
     """x ↦ the solution of G x = rhs with G_bb replaced by diag d_b (b = ``big``), in the precision of ``A32``
     (A in float32, or A itself): an approximation of G⁻¹ for refinement."""
-    from scipy.linalg import lu_factor, lu_solve
-
     d32 = d.astype(A32.dtype)
     if not big.any():
         matrix = -A32
         matrix[np.diag_indices(len(d))] += d32
-        lu = lu_factor(matrix, overwrite_a=True, check_finite=False)
-        return lambda rhs: lu_solve(lu, rhs.astype(A32.dtype), check_finite=False).astype(np.float64)
+        return lu_solver(matrix)
     big, small = np.flatnonzero(big), np.flatnonzero(~big)
     G_ab, G_ba, d_b = -A32[np.ix_(small, big)], -A32[np.ix_(big, small)], d32[big]
     schur = -A32[np.ix_(small, small)] - (G_ab / d_b) @ G_ba
     schur[np.diag_indices(len(small))] += d32[small]
-    lu = lu_factor(schur, overwrite_a=True, check_finite=False)
+    solve_schur = lu_solver(schur)
 
     def approximate(rhs):
         rhs = rhs.astype(A32.dtype)
         x = np.empty(len(d), dtype=A32.dtype)
-        x[small] = lu_solve(lu, rhs[small] - G_ab @ (rhs[big] / d_b), check_finite=False)
+        x[small] = solve_schur(rhs[small] - G_ab @ (rhs[big] / d_b))
         x[big] = (rhs[big] - G_ba @ x[small]) / d_b
         return x.astype(np.float64)
 
     return approximate
+
+
+def lu_solver(matrix: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """rhs ↦ matrix⁻¹ rhs (float64 out) from one LU factorisation in ``matrix``'s precision (torch's LAPACK:
+    importing scipy.linalg would cost more than a small game's whole solve)."""
+    lu, pivots = torch.linalg.lu_factor(torch.from_numpy(matrix))
+
+    def solve(rhs):
+        b = torch.from_numpy(np.ascontiguousarray(rhs, dtype=matrix.dtype)).unsqueeze(-1)
+        return torch.linalg.lu_solve(lu, pivots, b).squeeze(-1).numpy().astype(np.float64)
+
+    return solve
 
 
 def refined(A: np.ndarray, row_norms: np.ndarray, d: np.ndarray, approximate):
