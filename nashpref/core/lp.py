@@ -35,6 +35,7 @@ REFINE_TO = 1e-10            # backward error of a refined Newton solve (the fin
 FINISH_BELOW = 1e-9          # try the exact finish once μ is below this
 STEP_TO_BOUNDARY = 0.9995    # fraction of the longest feasible step (keeps z, w > 0)
 MAX_ITERATIONS = 100
+DIRECT_BELOW = 150           # below this many actions, factor G in float64 directly
 
 
 def simplex_gap(A: np.ndarray, x: np.ndarray) -> float:
@@ -118,19 +119,21 @@ def symmetric_equilibrium(A: np.ndarray, tol: float, on_step: Callable[[int, flo
     return None
 
 
-def newton_solver(A: np.ndarray, A32: np.ndarray, row_norms: np.ndarray, d: np.ndarray) -> Callable[[np.ndarray], np.ndarray] | None:
+def newton_solver(A: np.ndarray, A32: np.ndarray, row_norms: np.ndarray, d: np.ndarray
+                  ) -> Callable[[np.ndarray], np.ndarray] | None:
     """x ↦ (L + diag d)⁻¹ x with L = 11ᵀ − A: Sherman-Morrison for the rank-one 11ᵀ around solves with
     G = diag d − A, which is never singular (xᵀGx = xᵀ diag(d) x > 0).
 
     G is solved approximately and refined against the exact G in float64: actions with a huge d (z ≪ w: far off
     the support) are eliminated with their block of G taken as diag d, which leaves a Schur complement on the
     other actions only, and that is factored in float32 (twice as fast), or in float64 if refinement does not
-    converge from float32; failing both, G is factored whole in float64."""
+    converge from float32; failing both, G is factored whole in float64. Small games (n ≤ DIRECT_BELOW) skip
+    straight to that: there, the calls cost more than the arithmetic."""
     n = len(d)
     big = d >= ELIMINATE_ABOVE * np.sqrt(n)
     u = None
     try:
-        for matrix in (A32, A):            # float32 first; float64 where G is too ill-conditioned for it
+        for matrix in (A32, A) if n > DIRECT_BELOW else ():            # float32 first; float64 where G is too ill-conditioned for it
             solve_g = refined(A, row_norms, d, schur_solver(matrix, d, big))
             try:
                 u = solve_g(np.ones(n), strict=True)
