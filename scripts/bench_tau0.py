@@ -5,7 +5,8 @@ interior point and dual simplex) and cvxpy (CLARABEL), side by side on the EGPO 
     python scripts/bench_tau0.py --out bench/tau0               # N = 200, 1000, 2000 (~15 min on 2 busy cores)
     python scripts/bench_tau0.py --out /tmp/tau0 --sizes 200 --repeats 1
 
-Each round runs every contender once, rotating who goes first; the table gives medians. Every policy's gap is
+Each round runs every contender once, rotating who goes first (the others in a forked process with a timeout); a
+contender sits out later rounds once its runs at that N have taken --budget seconds. The table gives medians. Every policy's gap is
 the exact float64 τ = 0 gap 2 max_y P(y ≻ π) − 1, computed the same way for all.
 """
 
@@ -18,13 +19,12 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
-import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from nashpref.benchmarks.tabular.common import machine, random_game  # noqa: E402
+from nashpref.benchmarks.tabular.common import machine, random_game, run_with_timeout  # noqa: E402
 from nashpref.benchmarks.tabular.equilibria import cvxpy_linear_program, exact_gap, simplex  # noqa: E402
 from nashpref.core.equilibrium import solve_equilibrium  # noqa: E402
 from nashpref.core.lp import highs_equilibrium  # noqa: E402
@@ -54,24 +54,40 @@ def contenders(game) -> dict:
     return runs
 
 
-def measure(n: int, repeats: int) -> list[dict]:
+def measure(n: int, repeats: int, budget: float, timeout: float) -> list[dict]:
+    """``repeats`` rounds; a contender whose runs at this N have taken ``budget`` seconds in all sits out the
+    later rounds (its median is over the runs it had), and one that gives no result within ``timeout`` seconds
+    (run in a forked process) is recorded as such."""
     game = random_game(n, 0.0)
     runs = contenders(game)
     names = list(runs)
     times = {name: [] for name in names}
-    results = {}
+    results, timed_out = {}, set()
     for r in range(repeats):
         order = names[r % len(names):] + names[:r % len(names)]
         for name in order:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            if name in timed_out or (name != "ours" and sum(times[name]) >= budget):
+                continue
+            if name == "ours":
                 start = time.perf_counter()
-                results[name] = runs[name]()
-                times[name].append(time.perf_counter() - start)
-            print(f"N={n} round {r + 1}/{repeats} {name}: {times[name][-1]:.2f} s", flush=True)
+                result, seconds = runs[name](), None
+                seconds = time.perf_counter() - start
+            else:
+                result, seconds = run_with_timeout(runs[name], (), timeout)
+            if result is None:
+                timed_out.add(name)
+                print(f"N={n} round {r + 1}/{repeats} {name}: no result within {timeout:g} s", flush=True)
+                continue
+            results[name] = result
+            times[name].append(seconds)
+            print(f"N={n} round {r + 1}/{repeats} {name}: {seconds:.2f} s", flush=True)
     ours = results["ours"][0]
     rows = []
     for name in names:
+        if name not in results:
+            rows.append({"n": n, "solver": name, "seconds_median": None, "seconds": [], "repeats": 0,
+                         "timeout": timeout})
+            continue
         policy, info = results[name]
         policy = simplex(policy)
         rows.append({"n": n, "solver": name, "seconds_median": statistics.median(times[name]),
@@ -80,7 +96,7 @@ def measure(n: int, repeats: int) -> list[dict]:
                      "l1_to_ours": float(np.abs(policy - ours).sum())} | info)
     base = rows[0]["seconds_median"]
     for row in rows:
-        row["ratio_to_ours"] = row["seconds_median"] / base
+        row["ratio_to_ours"] = None if row["seconds_median"] is None else row["seconds_median"] / base
     return rows
 
 
@@ -92,10 +108,14 @@ def report(data: dict) -> str:
              f"{data['load_before'][0]:.1f}, after {data['load_after'][0]:.1f}; {data['minutes']:.1f} min.", "",
              "Game: the EGPO random game (games/egpo-random.toml's generator, seed 0) at N actions, τ = 0. "
              "Gap: the exact float64 τ = 0 duality gap 2 max_y P(y ≻ π) − 1 of each solver's policy (clipped onto "
-             "the simplex). Seconds: medians over the rounds, contenders alternated within each round.", "",
+             "the simplex). Seconds: medians over the rounds, contenders alternated within each round; a contender "
+             "whose runs at one N had taken the budget sat out the later rounds (repeats column).", "",
              "| N | solver | seconds (median) | × ours | gap | support | ‖π − π_ours‖₁ | repeats |",
              "|---|---|---|---|---|---|---|---|"]
     for row in data["rows"]:
+        if row["seconds_median"] is None:
+            lines.append(f"| {row['n']} | {row['solver']} | no result within {row['timeout']:g} s | | | | | 0 |")
+            continue
         lines.append(f"| {row['n']} | {row['solver']} | {row['seconds_median']:.3f} | {row['ratio_to_ours']:.1f} | "
                      f"{row['gap']:.1e} | {row['support']} | {row['l1_to_ours']:.1e} | {row['repeats']} |")
     big = [r for r in data["rows"] if r["n"] == TARGET_N and r["solver"] == "ours"]
@@ -117,13 +137,20 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--sizes", type=int, nargs="+", default=[200, 1000, 2000])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--budget", type=float, default=150.0,
+                        help="seconds per contender and N after which it sits out the remaining rounds")
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds one run of a contender may take")
     args = parser.parse_args()
     start = time.perf_counter()
     data = {"command": "python scripts/bench_tau0.py " + " ".join(
                 f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items()),
             "machine": machine(), "load_before": list(os.getloadavg()), "torch_threads": torch.get_num_threads()}
     solve_equilibrium(random_game(10, 0.0))          # imports (scipy) before anything is timed
-    data["rows"] = [row for n in args.sizes for row in measure(n, args.repeats)]
+    data["rows"] = []
+    for n in args.sizes:
+        data["rows"] += measure(n, args.repeats, args.budget, args.timeout)
+        args.out.mkdir(parents=True, exist_ok=True)          # partial results survive an interruption
+        (args.out / "results.json").write_text(json.dumps(data, indent=1, default=float) + "\n")
     data["load_after"] = list(os.getloadavg())
     data["minutes"] = (time.perf_counter() - start) / 60
     args.out.mkdir(parents=True, exist_ok=True)
