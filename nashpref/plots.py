@@ -23,7 +23,7 @@ def _queries_per_iteration(rows: list[dict]) -> float | None:
     return ratios.pop() if len(ratios) == 1 else None
 
 
-MARKERS = "osD^vPX*<>"
+MARKERS = "osD^vPX*<>h"    # 11 markers against 10 colours: unique pairs up to 110 curves
 
 
 def convergence_plot(path: Path, runs: dict[str, list[dict]], *, title: str, tau: float,
