@@ -91,7 +91,7 @@ def measure(n: int, repeats: int, budget: float, timeout: float) -> list[dict]:
         policy, info = results[name]
         policy = simplex(policy)
         rows.append({"n": n, "solver": name, "seconds_median": statistics.median(times[name]),
-                     "seconds": times[name], "repeats": repeats,
+                     "seconds": times[name], "repeats": len(times[name]),
                      "gap": exact_gap(game, policy, tau=0.0), "support": int((policy > 1e-12).sum()),
                      "l1_to_ours": float(np.abs(policy - ours).sum())} | info)
     base = rows[0]["seconds_median"]
@@ -135,12 +135,19 @@ def report(data: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--report-only", action="store_true", help="rewrite OUT/README.md from OUT/results.json")
     parser.add_argument("--sizes", type=int, nargs="+", default=[200, 1000, 2000])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--budget", type=float, default=150.0,
                         help="seconds per contender and N after which it sits out the remaining rounds")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds one run of a contender may take")
     args = parser.parse_args()
+    if args.report_only:
+        data = json.loads((args.out / "results.json").read_text())
+        for row in data["rows"]:
+            row["repeats"] = len(row["seconds"])        # runs a contender actually had
+        (args.out / "README.md").write_text(report(data))
+        return
     start = time.perf_counter()
     data = {"command": "python scripts/bench_tau0.py " + " ".join(
                 f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items()),
