@@ -2,12 +2,12 @@
 """τ = 0 exact equilibria: ours (certified interior point, nashpref.core.lp) against scipy's linprog (HiGHS
 interior point and dual simplex) and cvxpy (CLARABEL), side by side on the EGPO random games.
 
-    python scripts/bench_tau0.py --out bench/tau0               # N = 200, 1000, 2000 (~15 min on 2 busy cores)
+    python scripts/bench_tau0.py --out bench/tau0               # N = 200, 1000, 2000 (~32 min on 2 busy cores)
     python scripts/bench_tau0.py --out /tmp/tau0 --sizes 200 --repeats 1
 
 Each round runs every contender once, rotating who goes first (the others in a forked process with a timeout); a
-contender sits out later rounds once its runs at that N have taken --budget seconds. The table gives medians. Every policy's gap is
-the exact float64 τ = 0 gap 2 max_y P(y ≻ π) − 1, computed the same way for all.
+contender sits out later rounds once its runs at that N have taken --budget seconds. The table gives medians.
+Every policy's gap is the exact float64 τ = 0 gap 2 max_y P(y ≻ π) − 1, computed the same way for all.
 """
 
 import os

@@ -133,7 +133,8 @@ def newton_solver(A: np.ndarray, A32: np.ndarray, row_norms: np.ndarray, d: np.n
     big = d >= ELIMINATE_ABOVE * np.sqrt(n)
     u = None
     try:
-        for matrix in (A32, A) if n > DIRECT_BELOW else ():            # float32 first; float64 where G is too ill-conditioned for it
+        # float32 first; float64 where G is too ill-conditioned for it
+        for matrix in (A32, A) if n > DIRECT_BELOW else ():
             solve_g = refined(A, row_norms, d, schur_solver(matrix, d, big))
             try:
                 u = solve_g(np.ones(n), strict=True)

@@ -98,7 +98,8 @@ def part_a(args) -> dict:
         repeats = args.repeats or (1 if n >= 1000 else 3)      # N=1000: 10–40 s per solve
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            times, results = side_by_side({"ours (interior point, certified)": lambda: solve_equilibrium(game).policy[0].numpy(),
+            times, results = side_by_side({"ours (interior point, certified)":
+                                           lambda: solve_equilibrium(game).policy[0].numpy(),
                                            "nashpy linear_program": lambda: nashpy_equilibrium("linear_program", A),
                                            "cvxpy LP (CLARABEL)": lambda: cvxpy_linear_program(game)["policy"]},
                                           repeats)
