@@ -30,6 +30,9 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--trl-python", type=Path, default=root / ".venv-trl-nashmd" / "bin" / "python",
                         help="python of the TRL venv (scripts/setup_trl_venvs.sh); TRL is skipped if it is absent")
+    parser.add_argument("--trl-sizes", nargs="+", default=list(SIZES), choices=list(ALL_SIZES),
+                        help="sizes TRL runs on (without its KV cache it is slow on large models)")
+    parser.add_argument("--no-compiled", action="store_true", help="skip the torch.compile'd vLLM engine")
     args = parser.parse_args()
     if any(s < K or s % K for s in args.sequences) or args.repeats < 1 or args.max_new_tokens < 1:
         print(f"error: --sequences must be multiples of {K}; --repeats and --max-new-tokens must be >= 1",
@@ -37,7 +40,8 @@ def main() -> None:
         sys.exit(2)
     command = " ".join(["python scripts/bench_vllm_mixture.py"] + sys.argv[1:])
     trl = str(args.trl_python) if args.trl_python.exists() else None
-    path = run(args.out, command, args.sizes, args.sequences, args.repeats, args.max_new_tokens, trl)
+    path = run(args.out, command, args.sizes, args.sequences, args.repeats, args.max_new_tokens, trl,
+               args.trl_sizes, not args.no_compiled)
     print(f"wrote {path}")
 
 

