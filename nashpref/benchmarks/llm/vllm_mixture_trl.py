@@ -9,7 +9,7 @@ Protocol (stdin → stdout, one JSON object per line):
 * first ``{"path", "prompt_ids", "pad_id", "eos_ids", "k", "beta", "tokens"}``: load the policy directory as both
   μ and π (π plus the same 0.02·N(0, 1) noise as the parent's policy, generator seed 0); reply ``{"ready": ...}``;
 * then ``{"count", "seed"}``: sample ``count`` mixture responses (``count // k`` prompts × ``k``) of exactly
-  ``tokens`` tokens; reply ``{"tokens", "seconds"}``. EOF ends the worker.
+  ``tokens`` tokens; reply ``{"tokens", "seconds", "cpu_seconds"}`` (wall and process CPU time of ``generate``). EOF ends the worker.
 
 The wrapper generates as TRL's Nash-MD trainer calls it with its default ``gradient_checkpointing=True``:
 ``use_cache=False``, so each token re-runs both models over the whole prefix. That is the wrapper's exact mode;
@@ -53,11 +53,11 @@ def serve(stdin=sys.stdin, stdout=sys.stdout) -> None:
         ids = torch.tensor([[init["pad_id"]] * (width - len(r)) + r for r in batch])
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in batch])
         torch.manual_seed(request["seed"])
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         out = wrapper.generate(input_ids=ids, attention_mask=mask, generation_config=config)
-        seconds = time.perf_counter() - start
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
         produced = out[:, width:] if isinstance(out, torch.Tensor) else out.sequences[:, width:]
-        reply(stdout, {"tokens": int(produced.numel()), "seconds": seconds})
+        reply(stdout, {"tokens": int(produced.numel()), "seconds": seconds, "cpu_seconds": cpu_seconds})
 
 
 def reply(stdout, message: dict) -> None:
@@ -83,9 +83,9 @@ class TRLWorker:
             raise RuntimeError(f"the TRL worker exited ({self.process.wait()})")
         return json.loads(line)
 
-    def run(self, count: int, seed: int) -> tuple[int, float]:
+    def run(self, count: int, seed: int) -> tuple[int, float, float]:
         answer = self.ask({"count": count, "seed": seed})
-        return answer["tokens"], answer["seconds"]
+        return answer["tokens"], answer["seconds"], answer["cpu_seconds"]
 
     def close(self) -> None:
         self.process.stdin.close()
