@@ -249,7 +249,8 @@ def report(results: dict, command: str) -> str:
                 lines += ["", f"Target ≥ 1.5x the transformers decoder at 32 sequences ({title.lower()}), {label} "
                           f"engine: met for {', '.join(met) or 'no model'} ("
                           + ", ".join(f"{k} {v:.2f}x" for k, v in at_32.items()) + ")."]
-    lines += ["", "TRL: " + results["trl"]]
+    lines += ["", "TRL: " + results["trl"], "", "Where an engine step goes, what was tried, and how to read these numbers "
+              "on a shared CPU: NOTES.md (hand-written for the run of 2026-12-02)."]
     lines += ["", "Engine (both halves in one vLLM engine):", "",
               "| model | start, eager (s) | start, compiled (s) | RSS growth at start, eager (MiB) | parameter "
               "tensors (MiB) | KV cache (MiB) | full policy-half sync (s, median) |", "|---|---|---|---|---|---|---|"]
