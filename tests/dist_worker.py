@@ -7,6 +7,7 @@
   each rank back-propagating the mean loss over its share; saves a DCP checkpoint after step 1 and the full
   weights after each step;
 * ``resume`` — loads that checkpoint (any world size), checks it, takes step 2 and saves the full weights;
+* ``prompts`` — ``load_prompts(SPEC, COLUMN, SPLIT)`` (arguments 3-5) on every rank: the list, or the error line;
 * ``solvers`` — ``run_train`` (--backend fsdp) of every registered solver for 2 iterations on the tiny model
   (argument 3: its directory; argument 4: the prompt file), into OUT/<solver>.
 """
@@ -89,6 +90,26 @@ def main() -> None:
     if scenario == "solvers":           # one process group for all the runs (each run_train leaves it open)
         backend = FSDPBackend(device="cpu", timeout=300)
         train_every_solver(out, Path(sys.argv[3]), Path(sys.argv[4]))
+        backend.close()
+        return
+    if scenario == "prompts":
+        from nashpref.errors import BadInput
+        from nashpref.lm import data
+
+        backend = FSDPBackend(device="cpu", timeout=60)
+        checked, check = [], data._check_prompt
+
+        def counted(row, spec, i, column):          # which rows this rank checked
+            checked.append(i)
+            return check(row, spec, i, column)
+
+        data._check_prompt = counted
+        try:
+            result = {"prompts": data.load_prompts(sys.argv[3], sys.argv[4], sys.argv[5])}
+        except BadInput as exc:
+            result = {"error": str(exc)}
+        result["checked"] = checked
+        (out / f"prompts-rank{backend.rank}.json").write_text(json.dumps(result))
         backend.close()
         return
     kind = os.environ.get("BACKEND", "fsdp")
