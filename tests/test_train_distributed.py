@@ -95,6 +95,46 @@ def test_two_ranks_train_like_one(solver, runs, tiny_dir):
     assert (two / "checkpoints" / "iteration-0002" / "__1_0.distcp").exists()     # rank 1 wrote its shards
 
 
+@pytest.fixture(scope="module")
+def lora_runs(tiny_dir, prompts_file, tmp_path_factory) -> dict[int, Path]:
+    out = {}
+    for nproc in (1, 2):
+        out[nproc] = tmp_path_factory.mktemp(f"lora{nproc}")
+        done = subprocess.run(torchrun(nproc, str(ROOT / "tests" / "dist_worker.py"), "lora", str(out[nproc]),
+                                       str(tiny_dir), str(prompts_file)),
+                              env=env(), capture_output=True, text=True, timeout=1500)
+        assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+def test_lora_under_fsdp_reference_is_the_base_with_adapters_off(lora_runs):
+    for rank in (0, 1):
+        seen = json.loads((lora_runs[2] / f"lora-rank{rank}.json").read_text())
+        # The reference's tensors are the sampler's copy's base tensors (one copy of the base per rank), and its
+        # log-probs are those of the policy with the adapters disabled, exactly.
+        assert seen["shared"] == seen["reference_tensors"] == seen["base_tensors"]
+        assert seen["off_equals_reference"] and seen["on_differs"]
+        assert seen["trainable"] == ["lora_A", "lora_B"] and seen["sharded"] > 0
+
+
+@pytest.mark.parametrize("solver", ["sppo", "nash-md"])
+def test_lora_two_ranks_train_like_one_and_only_the_adapters(solver, lora_runs, tiny_dir):
+    one, two = lora_runs[1] / solver, lora_runs[2] / solver
+    for iteration in (1, 2):
+        name = f"rounds/iteration-{iteration:04d}.jsonl"
+        assert [(r["prompt"], r["a"], r["b"]) for r in read_jsonl(one / name)] == \
+               [(r["prompt"], r["a"], r["b"]) for r in read_jsonl(two / name)]
+    start = weights(tiny_dir / "policy")
+    final_one, final_two = weights(one / "final"), weights(two / "final")   # adapters merged
+    assert final_one.keys() == final_two.keys() == start.keys()
+    assert relative_gap(final_two, final_one, start) <= BOUND
+    # all-linear LoRA: every linear layer of the decoder moves; embeddings, norms and the output head (which
+    # peft leaves out) are the frozen base's, bit for bit.
+    for key in start:
+        moved = not torch.equal(final_two[key], start[key])
+        assert moved == (key.endswith("proj.weight")), key
+
+
 # ---- faults ------------------------------------------------------------------------------------------------
 ITERATIONS = 12                 # ~0.5 s each with 2 ranks: a kill after the 2nd checkpoint lands mid-run
 TIMEOUT = 30                    # --timeout: the bound on a collective waiting for a dead rank
