@@ -3,7 +3,7 @@
 * Same maths at any world size: 2 iterations of every solver with 2 ranks give the same responses and
   preferences as 1 rank with the same global batch (5 training prompts: shares of 3 and 2, so each rank's loss
   weight matters), and final weights equal up to float rounding (relative to the size of the update);
-* faults: ``kill -9`` of one rank ends the others within the timeout with one ``error:`` line and a non-zero
+* faults: ``kill -9`` (or ``kill -STOP``) of one rank ends the others within the timeout with one ``error:`` line and a non-zero
   status, and ``--resume`` ends where an uninterrupted run ends (bit for bit); under ``torchrun --max-restarts 1``
   the restarted ranks resume from the last checkpoint by themselves.
 """
@@ -164,9 +164,10 @@ def uninterrupted(tiny_dir, prompts_file, tmp_path_factory) -> Path:
     return out
 
 
-def kill_a_rank_after(out: Path, iteration: int, parents: list[subprocess.Popen]) -> float:
-    """Wait until checkpoint ``iteration`` is published, then ``kill -9`` the worker of the last launcher in
-    ``parents`` (one torchrun agent each); returns the time of the kill."""
+def kill_a_rank_after(out: Path, iteration: int, parents: list[subprocess.Popen],
+                      how: signal.Signals = signal.SIGKILL) -> tuple[float, int]:
+    """Wait until checkpoint ``iteration`` is published, then send ``how`` (``kill -9``) to the worker of the last
+    launcher in ``parents`` (one torchrun agent each); returns the time it was sent and the worker's pid."""
     pointer = out / "checkpoints" / "latest"
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and all(p.poll() is None for p in parents):
@@ -176,8 +177,8 @@ def kill_a_rank_after(out: Path, iteration: int, parents: list[subprocess.Popen]
     assert pointer.exists(), "no checkpoint was written"
     workers = subprocess.run(["pgrep", "-P", str(parents[-1].pid)], capture_output=True, text=True).stdout.split()
     assert workers, "the launcher has no worker left"
-    os.kill(int(workers[-1]), signal.SIGKILL)
-    return time.monotonic()
+    os.kill(int(workers[-1]), how)
+    return time.monotonic(), int(workers[-1])
 
 
 def checkpointed(out: Path) -> int:
@@ -208,22 +209,30 @@ def worker_log(logs: Path, attempt: int = 0) -> str:
     return files[0].read_text()
 
 
+def two_agents(tiny: Path, prompts: Path, out: Path, logs: Path, timeout: float) -> list[subprocess.Popen]:
+    """Two torchrun agents with one rank each (static rendezvous on 127.0.0.1), as two nodes would run them;
+    each worker's stderr goes to LOGS/logsN."""
+    port, agents = free_port(), []
+    args = train_args(tiny, prompts, out)
+    args[args.index("--timeout") + 1] = str(timeout)
+    for node in (0, 1):
+        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+                   "--node_rank", str(node), "--rdzv-backend", "static", "--master-addr", "127.0.0.1",
+                   "--master-port", str(port), "--log-dir", str(logs / f"logs{node}"), "--redirects", "3", *args]
+        agents.append(subprocess.Popen(command, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                       text=True, start_new_session=True))
+    return agents
+
+
 def test_killed_rank_ends_the_job_and_resume_matches_an_uninterrupted_run(uninterrupted, tiny_dir, prompts_file,
                                                                            tmp_path):
     """Two torchrun agents (two "nodes" of one rank each, as on a cluster, where no agent can stop the other's
     workers): ``kill -9`` of rank 1 must end rank 0 through the failed collective, with one ``error:`` line
     within the timeout, and ``--resume`` then ends bit-equal to the run that was never interrupted."""
-    out, port = tmp_path / "run", free_port()
-    agents = []
-    for node in (0, 1):
-        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
-                   "--node_rank", str(node), "--rdzv-backend", "static", "--master-addr", "127.0.0.1",
-                   "--master-port", str(port), "--log-dir", str(tmp_path / f"logs{node}"), "--redirects", "3",
-                   *train_args(tiny_dir, prompts_file, out)]
-        agents.append(subprocess.Popen(command, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                       text=True, start_new_session=True))
+    out = tmp_path / "run"
+    agents = two_agents(tiny_dir, prompts_file, out, tmp_path, TIMEOUT)
     try:
-        killed = kill_a_rank_after(out, 2, agents)
+        killed, _ = kill_a_rank_after(out, 2, agents)
         for agent in agents:
             agent.communicate(timeout=TIMEOUT + 60)
         ended = time.monotonic() - killed
@@ -242,6 +251,30 @@ def test_killed_rank_ends_the_job_and_resume_matches_an_uninterrupted_run(uninte
                              capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_run(out, uninterrupted)
+
+
+def test_a_rank_that_stops_answering_ends_the_others_after_the_timeout(tiny_dir, prompts_file, tmp_path):
+    """``kill -STOP`` of rank 1 (alive, silent: its sockets stay open, so only the timeout can tell): rank 0's
+    next collective gives up after ``--timeout`` seconds with one ``error:`` line, not a hang."""
+    out, timeout = tmp_path / "run", 10
+    agents = two_agents(tiny_dir, prompts_file, out, tmp_path, timeout)
+    stopped = None
+    try:
+        sent, stopped = kill_a_rank_after(out, 2, agents, signal.SIGSTOP)
+        agents[0].communicate(timeout=timeout + 60)
+        ended = time.monotonic() - sent
+    finally:
+        for agent in agents:
+            if agent.poll() is None:
+                os.killpg(agent.pid, signal.SIGKILL)
+        if stopped is not None:
+            os.kill(stopped, signal.SIGKILL)
+    assert agents[0].returncode == 1
+    assert timeout - 1 <= ended < timeout + 20      # it waited for the timeout, and not much longer
+    survivor = worker_log(tmp_path / "logs0").strip().splitlines()
+    assert len(survivor) == 1 and survivor[0].startswith("error: rank 0: a collective with the other ranks "
+                                                         "failed"), survivor
+    assert "Timed out" in survivor[0]
 
 
 def test_torchrun_max_restarts_resumes_from_the_last_checkpoint(uninterrupted, tiny_dir, prompts_file, tmp_path):
