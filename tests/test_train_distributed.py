@@ -3,9 +3,11 @@
 * Same maths at any world size: 2 iterations of every solver with 2 ranks give the same responses and
   preferences as 1 rank with the same global batch (5 training prompts: shares of 3 and 2, so each rank's loss
   weight matters), and final weights equal up to float rounding (relative to the size of the update);
-* faults: ``kill -9`` (or ``kill -STOP``) of one rank ends the others within the timeout with one ``error:`` line and a non-zero
-  status, and ``--resume`` ends where an uninterrupted run ends (bit for bit); under ``torchrun --max-restarts 1``
-  the restarted ranks resume from the last checkpoint by themselves.
+* LoRA under FSDP: the reference is the base with the adapters off (sharing the sampler copy's tensors), and
+  2 ranks train like 1, moving only the adapted layers;
+* faults: ``kill -9`` (or ``kill -STOP``) of one rank ends the others within the timeout with one ``error:`` line
+  and a non-zero status, and ``--resume`` ends where an uninterrupted run ends (bit for bit); under
+  ``torchrun --max-restarts 1`` the restarted ranks resume from the last checkpoint by themselves.
 """
 
 from __future__ import annotations
