@@ -24,7 +24,6 @@ from pathlib import Path
 
 import torch
 
-from nashpref.lm.backend import distributed as pg
 from nashpref.lm.backend.fsdp import DDPBackend, FSDPBackend
 
 VOCAB, ROWS, WIDTH = 96, 6, 10
