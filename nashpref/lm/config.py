@@ -30,7 +30,8 @@ class TrainConfig:
     the groups whose win-rate against the reference is lowest; maxmin:hedge@ETA:…, maxmin:argmin:…) or linear:DIR
     (a fit-preference --model bt-linear|skew-bilinear fit)."""
     prompts: str
-    """Prompts: a local .jsonl / .json / .parquet / .csv file or a hub dataset id."""
+    """Prompts: a local .jsonl / .json / .parquet / .csv file, a directory written by datasets' save_to_disk, or a
+    hub dataset id."""
     solver: str
     """Solver (its own options are --<solver>.<option>)."""
     out: Path
@@ -41,7 +42,7 @@ class TrainConfig:
     prompt_column: str = "prompt"
     """Column holding the prompts (text, or a list of chat messages with 'role' and 'content')."""
     prompt_split: str = "train"
-    """Dataset split to read when --prompts is a hub id."""
+    """Dataset split to read when --prompts is a hub id or a saved DatasetDict."""
     max_prompts: int | None = None
     """Use only the first this many prompts of the file (default: all)."""
     heldout: int = 8

@@ -13,7 +13,8 @@ sampler (vLLM or transformers) and the oracle (a text preference) differ. The ru
 
 Checkpoints are the loop's own (``nashpref.lm.checkpoints``, written by the backend after every iteration);
 ``--resume`` continues from the last one and ends with the same weights as a run that was never interrupted
-(bit for bit on CPU). Everything that can be wrong with the input is found before ``OUT`` is touched and raised
+(bit for bit on CPU); workers that torchrun restarts (``--max-restarts``) resume by
+themselves. Everything that can be wrong with the input is found before ``OUT`` is touched and raised
 as one line (``nashpref.errors``).
 """
 
@@ -29,7 +30,7 @@ import torch
 
 from nashpref.errors import BadInput
 from nashpref.io import publish_directory, write_json, write_jsonl
-from nashpref.lm.backend.distributed import DistributedError, describe_failure
+from nashpref.lm.backend.distributed import DistributedError, describe_failure, restarted_by_torchrun
 from nashpref.lm.backend.single import SingleBackend
 from nashpref.lm.build import (check_out, check_prompts_fit, check_solver_options, load_policies, make_vllm_engine,
                                probe_oracle, sampler_kind, split_prompts)
@@ -155,6 +156,8 @@ def run_train(config: TrainConfig, solver: Solver | None = None, *, engine=None,
     ``config.out`` is touched.
     """
     require_lm_extra("train")
+    if restarted_by_torchrun():                 # torchrun --max-restarts: continue from the last checkpoint
+        config = dataclasses.replace(config, resume=True)
     config.validate()
     solver = solver if solver is not None else make_solver(config)
     check_solver_options(solver, config.tau, config.samples)
