@@ -16,13 +16,14 @@ leads the last iterate to an equilibrium of the unregularised (τ = 0) game.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from nashpref.core.game import PreferenceGame
 from nashpref.errors import BadInput
+from nashpref.solvers.base import Solver
 
 
 def anchored_game(game: PreferenceGame, log_anchor: Tensor, tau: float) -> PreferenceGame:
@@ -88,3 +89,17 @@ class Anchor:
 
     def load_state_dict(self, state: dict) -> None:
         self.rounds, self._saved, self.policy = state["rounds"], state["policy"], None
+
+
+class AnchoredSolver(Solver):
+    """The shared class settings of COMAL and MPO: the last iterate heads to the τ = 0 equilibrium, and the
+    anchor is state that checkpoints must keep."""
+
+    iterate = "last"
+    needs_tau = False
+    stateful = True
+    min_samples = 2
+    # tests/test_comal.py, tests/test_mpo.py: weighted-rps, seed 0: last-iterate Gap₀ 0.003 after 3000 rounds (it
+    # wanders between 0.001 and 0.08 along the way: Adam's constant step leaves a noise floor that each anchor
+    # refresh inherits)
+    sampled_defaults: ClassVar[dict] = {"lr": 0.01, "optimizer": "adam", "samples": 8, "iterations": 3000}

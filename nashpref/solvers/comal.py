@@ -47,8 +47,8 @@ from torch import Tensor
 
 from nashpref.core.equilibrium import _newton, extragradient_step, solve_equilibrium
 from nashpref.core.game import PreferenceGame
-from nashpref.solvers.anchor import Anchor, ExactAnchor, anchored_game, check_count
-from nashpref.solvers.base import Batch, Policy, Round, Solver, SolverConfig, register
+from nashpref.solvers.anchor import Anchor, AnchoredSolver, ExactAnchor, anchored_game, check_count
+from nashpref.solvers.base import Batch, Policy, Round, SolverConfig, register
 from nashpref.solvers.checks import check_number
 from nashpref.solvers.inpo import default_eta, pair_batch, pair_loss
 
@@ -92,16 +92,9 @@ class Config(SolverConfig):
 
 
 @register
-class COMAL(Solver):
+class COMAL(AnchoredSolver):
     name = "comal"
     Config = Config
-    iterate = "last"
-    needs_tau = False
-    stateful = True
-    min_samples = 2
-    # tests/test_comal.py: weighted-rps, seed 0: last-iterate Gap₀ 0.003 after 3000 rounds (it wanders between
-    # 0.002 and 0.08 along the way: Adam's constant step leaves a noise floor that each anchor refresh inherits)
-    sampled_defaults: ClassVar[dict] = {"lr": 0.01, "optimizer": "adam", "samples": 8, "iterations": 3000}
     sampled_options: ClassVar[dict] = {"tau": 0.1, "period": 200}
 
     def __init__(self, config: Config | None = None):

@@ -48,8 +48,8 @@ from typing import ClassVar
 from torch import Tensor
 
 from nashpref.core.game import PreferenceGame
-from nashpref.solvers.anchor import Anchor, ExactAnchor, anchored_game, check_count
-from nashpref.solvers.base import Batch, Policy, Round, Solver, SolverConfig, register
+from nashpref.solvers.anchor import Anchor, AnchoredSolver, ExactAnchor, anchored_game, check_count
+from nashpref.solvers.base import Batch, Policy, Round, SolverConfig, register
 from nashpref.solvers.checks import check_number, require_samples
 from nashpref.solvers.inpo import default_eta
 from nashpref.solvers.spo import kl_policy_gradient_loss, leave_one_out_win_rates
@@ -71,16 +71,9 @@ class Config(SolverConfig):
 
 
 @register
-class MPO(Solver):
+class MPO(AnchoredSolver):
     name = "mpo"
     Config = Config
-    iterate = "last"
-    needs_tau = False
-    stateful = True
-    min_samples = 2
-    # tests/test_mpo.py: weighted-rps, seed 0: last-iterate Gap₀ 0.003 after 3000 rounds (between 0.001 and 0.08
-    # along the way, as for COMAL)
-    sampled_defaults: ClassVar[dict] = {"lr": 0.01, "optimizer": "adam", "samples": 8, "iterations": 3000}
     sampled_options: ClassVar[dict] = {"period": 200}
 
     def __init__(self, config: Config | None = None):
