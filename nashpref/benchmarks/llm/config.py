@@ -19,12 +19,13 @@ class LLMBenchConfig:
     per iteration; OUT/results.json, OUT/README.md, OUT/gap.png, OUT/league.png); raters: the earlier race under
     rule:raters (OUT/llm.png). Finished runs in OUT/runs are reused, so a killed benchmark resumes."""
 
-    preset: Literal["quick", "full", "raters"] = "quick"
-    """quick: 1 seed × 16 iterations (≤ 10 min on 2 CPU cores); full: 3 seeds × 16 iterations; raters: the
-    earlier rule:raters race (μ near its equilibrium)."""
+    preset: Literal["quick", "full", "pairwise", "raters"] = "quick"
+    """quick: 1 seed × 16 iterations (≤ 10 min on 2 CPU cores); full: 3 seeds × 16 iterations (reuses quick's
+    runs); pairwise: the open-ended race under a learned pairwise classifier (OUT/win-rate.png), 1 seed;
+    raters: the earlier rule:raters race (μ near its equilibrium)."""
     out: Path | None = None
     """Output directory: setup/ (the model and prompts), runs/ (one training run per method and seed), and the
-    report. Default: bench/llm (quick, full), bench/llm-raters (raters)."""
+    report. Default: bench/llm (quick, full), bench/llm-pairwise (pairwise), bench/llm-raters (raters)."""
     size: Literal["tiny", "small", "base"] = "tiny"
     """tiny: a 64-wide 2-layer Llama, 0.3–7 s per iteration on a 2-core CPU (the default run took 19.5 min there);
     small (256 wide, 4 layers) and base (512 wide, 8 layers): more prompts, samples and iterations, for a GPU."""
@@ -73,8 +74,9 @@ class Budget:
 
 def resolve_defaults(config: LLMBenchConfig) -> LLMBenchConfig:
     """``out`` and ``seeds`` filled in from the preset."""
-    out = config.out or Path("bench/llm-raters" if config.preset == "raters" else "bench/llm")
-    seeds = config.seeds or ((0,) if config.preset == "quick" else (0, 1, 2))
+    out = config.out or Path({"raters": "bench/llm-raters", "pairwise": "bench/llm-pairwise"}.get(config.preset,
+                                                                                                  "bench/llm"))
+    seeds = config.seeds or ((0,) if config.preset in ("quick", "pairwise") else (0, 1, 2))
     return replace(config, out=out, seeds=seeds)
 
 

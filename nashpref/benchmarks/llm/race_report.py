@@ -11,6 +11,8 @@ from nashpref.benchmarks.stats import format_ci, mean_ci
 from nashpref.io import atomic_write
 
 TARGET_FACTOR = 5.0
+PALETTE = [f"tab:{c}" for c in ("blue", "orange", "green", "red", "purple", "brown", "pink", "gray", "olive",
+                                "cyan")] + ["black", "gold", "navy", "lime"]       # 14 methods, no colour twice
 
 
 def summary(results: dict) -> dict:
@@ -107,9 +109,7 @@ def plot_gap(results: dict, path: Path) -> None:
     game = results["class_game"]
     figure = Figure(figsize=(15, 6), layout="constrained")
     left, right = figure.subplots(1, 2, width_ratios=(1.4, 1))
-    palette = [f"tab:{c}" for c in ("blue", "orange", "green", "red", "purple", "brown", "pink", "gray", "olive",
-                                     "cyan")] + ["black", "gold", "navy", "lime"]
-    colors = {m: palette[i % len(palette)] for i, m in enumerate(results["methods"])}
+    colors = {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(results["methods"])}
     for method in results["methods"]:
         runs = [results["runs"][method][str(s)] for s in results["seeds"]]
         steps = [0] + [r["iteration"] for r in runs[0]]
