@@ -168,3 +168,13 @@ def test_lr_decay_sets_each_iterations_rate():
     for t, expected in ((1, 2e-3), (4, 2.5e-4), (2, 1e-3)):
         hooks.round_start(t)
         assert optimizer.param_groups[0]["lr"] == expected     # powers of ½: exact in binary
+
+
+@pytest.mark.parametrize("decay", [0.0, 1.5, float("nan")])
+def test_lr_decay_out_of_range_is_bad_input(decay, tmp_path):
+    from nashpref.lm.config import TrainConfig
+
+    config = TrainConfig(policy="p", preference="rule:cycle", prompts="x.jsonl", solver="inpo", out=tmp_path / "o",
+                         lr_decay=decay)
+    with pytest.raises(BadInput, match="--lr-decay"):
+        config.validate()
