@@ -76,6 +76,9 @@ class TrainConfig:
     parts, so only one part's activations are in memory (the gradient is the same up to rounding)."""
     lr: float = 1e-6
     """Learning rate of AdamW."""
+    lr_decay: float = 1.0
+    """Multiply the learning rate by this after every iteration (iteration t trains at lr · lr_decay^(t−1));
+    1: constant. Below 1 it lets self-play settle instead of circling an intransitive preference's equilibrium."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     max_grad_norm: float | None = 1.0
@@ -140,6 +143,7 @@ class TrainConfig:
         for name in ("prompts_per_round", "max_prompts", "max_model_len"):
             integer(getattr(self, name), flag(name), 1, allow_none=True)
         number(self.lr, "--lr")
+        number(self.lr_decay, "--lr-decay", 0.0, 1.0)
         number(self.timeout, "--timeout")
         for name in ("weight_decay", "tau", "temperature"):
             number(getattr(self, name), flag(name), low_open=False)

@@ -75,6 +75,7 @@ class TrainHooks(Hooks):
         self.tracker = None                 # nashpref.tracking: every number of each row, per iteration
         self.sync = {"start": 0.0, "evaluation": 0.0}     # sync seconds at round start, during evaluation
         self.evaluation_seconds = 0.0
+        self.optimizer, self.lr, self.lr_decay = None, None, 1.0     # set by _train for a decaying lr
 
     def synced(self) -> float:
         """Seconds the sampler has spent syncing weights so far (0 for samplers that share the policy's)."""
@@ -85,6 +86,9 @@ class TrainHooks(Hooks):
             self.evaluator.start()          # π_t's and μ's responses, once the weights are restored
             self.started = True
         self.sync["start"] = self.synced()
+        if self.lr is not None:             # set per iteration, so a resumed run follows the same schedule
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.lr * self.lr_decay ** (iteration - 1)
         self.ledger.phase, self.round_step = "round", self.ledger.weights_step
 
     def evaluate(self, iteration: int) -> dict[str, float]:
@@ -267,6 +271,8 @@ def _train(config, solver, policy, reference, oracle, sampler, train_rows, heldo
         sampler._held = None                # the next sync is labelled
     hooks = TrainHooks(out, evaluator, sampler, train_rows + heldout_rows, bar, rows, backend, ledger)
     hooks.tracker = tracker if backend.is_main else None
+    if config.lr_decay != 1.0:
+        hooks.optimizer, hooks.lr, hooks.lr_decay = optimizer, config.lr, config.lr_decay
     from nashpref.preferences.payoff import game_oracle
 
     played, tau = game_oracle(oracle, config.payoff, config.tau, reference, config.seed)   # --payoff, maxmin:

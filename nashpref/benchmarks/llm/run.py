@@ -248,6 +248,10 @@ def run_bench_llm(config: LLMBenchConfig, command: str | None = None) -> Path:
     """Build or reuse the setup, train every method and seed, score them; returns the report's path."""
     config = resolve_defaults(config)
     validate(config)
+    if config.preset == "pairwise":
+        from nashpref.benchmarks.llm.pairwise_race import run_pairwise
+
+        return run_pairwise(config, command)
     if config.preset != "raters":
         from nashpref.benchmarks.llm.race import run_race
 
