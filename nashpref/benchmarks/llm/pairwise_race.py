@@ -15,19 +15,17 @@ learnt the cycle.
 
 from __future__ import annotations
 
-import datetime
 import io
 import json
-import os
 import random
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
 
 from nashpref.benchmarks.llm.config import LLMBenchConfig
 from nashpref.benchmarks.llm.race import build_race_setup, resolve_race_budget, train_race
+from nashpref.benchmarks.llm.runs import start_output
 from nashpref.benchmarks.llm.setup import random_prompt, styled_response
 from nashpref.benchmarks.stats import format_ci
 from nashpref.errors import BadInput
@@ -119,14 +117,8 @@ def run_pairwise(config: LLMBenchConfig, command: str | None = None) -> Path:
     if config.sampler == "vllm":
         raise BadInput("--sampler vllm: the pairwise preset samples with transformers")
     budget = resolve_race_budget(config)
-    started, load_before = time.perf_counter(), os.getloadavg()[0]
-    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    started, load_before, date = start_output(config)
     out = config.out
-    out.mkdir(parents=True, exist_ok=True)
-    if config.fresh and (out / "runs").exists():
-        import shutil
-
-        shutil.rmtree(out / "runs")
     setup = build_race_setup(config)
     oracle_dir = build_oracle(setup, out, config.setup_seed)
     fit_seconds = time.perf_counter() - started

@@ -15,11 +15,7 @@ against every other in the class game (exact, since the oracle reads only the cl
 
 from __future__ import annotations
 
-import datetime
 import json
-import os
-import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,7 +24,8 @@ import torch
 
 from nashpref.benchmarks.llm.classgame import ORACLE, ClassGame, class_shares
 from nashpref.benchmarks.llm.config import LLMBenchConfig
-from nashpref.benchmarks.llm.setup import SIZES, build_setup
+from nashpref.benchmarks.llm.runs import run_dir, start_output, train_each
+from nashpref.benchmarks.llm.setup import build_setup
 from nashpref.errors import BadInput
 from nashpref.io import atomic_write, read_jsonl, write_json
 
@@ -110,10 +107,6 @@ def race_class_game(setup: Path, budget: RaceBudget, config: LLMBenchConfig) -> 
 
 
 # ---- runs --------------------------------------------------------------------------------------------------------
-def run_dir(config: LLMBenchConfig, method: str, seed: int) -> Path:
-    return config.out / "runs" / method / f"seed-{seed}"
-
-
 def race_train_config(config: LLMBenchConfig, budget: RaceBudget, setup: Path, method: str, seed: int, kind: str,
                       oracle: str = ORACLE):
     from nashpref.lm.config import TrainConfig
@@ -149,29 +142,11 @@ def race_rows(metrics: list[dict]) -> list[dict]:
 
 def train_race(config: LLMBenchConfig, budget: RaceBudget, setup: Path, kind: str, score=None,
                oracle: str = ORACLE) -> tuple[dict, list]:
-    """Every (method, seed), methods interleaved within a seed; a finished run is reused. ``score``: the
-    trainer's extra held-out metrics."""
-    from tqdm import tqdm
-
-    from nashpref.lm.trainer import run_train
-
-    runs, reused = {}, []
-    jobs = [(m, s) for s in config.seeds for m in config.methods]
-    with tqdm(total=len(jobs), desc="runs", unit="run", file=sys.stderr, disable=not config.progress or None,
-              dynamic_ncols=True) as bar:
-        for method, seed in jobs:
-            out = run_dir(config, method, seed)
-            metrics = out / "metrics.jsonl"
-            done = (out / "final").is_dir() and metrics.exists() and len(read_jsonl(metrics)) >= budget.iterations
-            if done:
-                reused.append(f"{method}/seed-{seed}")
-            else:
-                bar.set_postfix_str(f"{method} seed {seed}")
-                run_train(race_train_config(config, budget, setup, method, seed, kind, oracle),
-                          progress=config.progress, score=score)
-            runs[f"{method}/seed-{seed}"] = race_rows(read_jsonl(metrics)[:budget.iterations])
-            bar.update()
-    return runs, reused
+    """Every (method, seed) (see :func:`runs.train_each`), as race rows. ``score``: the trainer's extra held-out
+    metrics."""
+    rows, reused = train_each(config, budget.iterations, lambda method, seed: race_train_config(
+        config, budget, setup, method, seed, kind, oracle), score=score)
+    return {f"{m}/seed-{s}": race_rows(r[:budget.iterations]) for (m, s), r in rows.items()}, reused
 
 
 def league(config: LLMBenchConfig, game: ClassGame, runs: dict) -> dict:
@@ -199,12 +174,8 @@ def run_race(config: LLMBenchConfig, command: str | None = None) -> Path:
     budget = resolve_race_budget(config)
     if budget.samples < 2:
         raise BadInput(f"--samples {budget.samples}: self-play needs ≥ 2 responses per prompt")
-    started, load_before = time.perf_counter(), os.getloadavg()[0]
-    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    started, load_before, date = start_output(config)
     out = config.out
-    out.mkdir(parents=True, exist_ok=True)
-    if config.fresh and (out / "runs").exists():
-        shutil.rmtree(out / "runs")
     setup = build_race_setup(config)
     game = race_class_game(setup, budget, config)
     runs, reused = train_race(config, budget, setup, "hf", class_scorer(game))
