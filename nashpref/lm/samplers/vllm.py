@@ -22,6 +22,8 @@ and the reference as two decoder stacks.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import tempfile
 import time
@@ -64,7 +66,8 @@ class VLLMSampler:
                  max_model_len: int | None = None, kv_cache_memory_bytes: int | None = None,
                  enforce_eager: bool | None = None, engine_kwargs: dict | None = None, verify: bool = False):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        from vllm import LLM
+        with start_up():
+            from vllm import LLM
 
         self.config = config or SamplingConfig()
         on_gpu = torch.cuda.is_available()
@@ -90,9 +93,13 @@ class VLLMSampler:
         kwargs.setdefault("use_tqdm_on_load", verbose())      # vLLM's loading bar only with --verbose
         if enable_sleep_mode and not on_gpu:
             raise ValueError("enable_sleep_mode needs a GPU: vLLM rejects sleep mode on CPU")
+        # On CPU the engine runs eagerly, and so do vLLM's few torch.compile'd helpers (the log-prob ranks): an
+        # inductor build of them took 4 s before the first sample, for one tensor comparison
+        self.eager = not on_gpu and bool(kwargs.get("enforce_eager"))
         start = time.perf_counter()
-        self.llm = LLM(model, dtype=dtype, seed=seed, gpu_memory_utilization=gpu_memory_utilization,
-                       tensor_parallel_size=tensor_parallel_size, enable_sleep_mode=enable_sleep_mode, **kwargs)
+        with start_up(), self._stance():
+            self.llm = LLM(model, dtype=dtype, seed=seed, gpu_memory_utilization=gpu_memory_utilization,
+                           tensor_parallel_size=tensor_parallel_size, enable_sleep_mode=enable_sleep_mode, **kwargs)
         self.start_seconds = time.perf_counter() - start
         self.tensor_parallel_size = tensor_parallel_size
         self.version = 0
@@ -133,8 +140,9 @@ class VLLMSampler:
                                  max_tokens=config.max_new_tokens, seed=s, logprobs=0,
                                  stop_token_ids=list(policy.eos_ids), detokenize=False)
                   for s in request_seeds(seed, len(ids), n)]
-        outputs = self.llm.generate([{"prompt_token_ids": row} for row in ids], params, use_tqdm=False,
-                                    lora_request=self.lora_request)
+        with self._stance():
+            outputs = self.llm.generate([{"prompt_token_ids": row} for row in ids], params, use_tqdm=False,
+                                        lora_request=self.lora_request)
         sequences, logprobs = [], []
         for out in outputs:
             seqs = [list(c.token_ids) for c in out.outputs]
@@ -145,6 +153,9 @@ class VLLMSampler:
         self._sleep()
         return responses_from_lists(sequences, [policy.prompts[c] for c in contexts.tolist()], policy.tokenizer,
                                     logprobs)
+
+    def _stance(self):
+        return torch.compiler.set_stance("force_eager") if self.eager else contextlib.nullcontext()
 
     # ---- weight sync ----------------------------------------------------------------------------------------
     def sync_weights(self, policy) -> float:
@@ -216,8 +227,9 @@ class VLLMSampler:
         from vllm import SamplingParams
 
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
-        outputs = self.llm.generate([{"prompt_token_ids": s} for s in sequences], params, use_tqdm=False,
-                                    lora_request=self.lora_request)
+        with self._stance():
+            outputs = self.llm.generate([{"prompt_token_ids": s} for s in sequences], params, use_tqdm=False,
+                                        lora_request=self.lora_request)
         return [[out.prompt_logprobs[i][seq[i]].logprob for i in range(1, len(seq))]
                 for out, seq in zip(outputs, sequences)]
 
@@ -274,6 +286,22 @@ class VLLMSampler:
             self._weights_dir.cleanup()
         if self._adapters is not None:
             self._adapters.close()
+
+
+@contextlib.contextmanager
+def start_up():
+    """Importing vLLM and starting its engine with the cyclic garbage collector out of the way: the objects that
+    exist by then are frozen (vLLM freezes the whole heap itself once the engine is up), so vLLM's own full
+    collections while loading weights scan only what it makes, and automatic collections are off meanwhile
+    (together about 2 s of CPU on the tiny model: bench/startup)."""
+    enabled = gc.isenabled()
+    gc.freeze()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _versions(policy) -> tuple[int, ...]:
