@@ -23,7 +23,6 @@ and the reference as two decoder stacks.
 from __future__ import annotations
 
 import contextlib
-import gc
 import os
 import tempfile
 import time
@@ -35,6 +34,7 @@ from torch import Tensor
 
 from nashpref.lm.responses import TokenResponses, responses_from_lists
 from nashpref.lm.samplers.base import SamplingConfig, draw_seed
+from nashpref.lm.startup import paused_gc
 from nashpref.quiet import verbose
 
 __all__ = ["VLLMSampler", "WeightSyncError"]
@@ -66,7 +66,7 @@ class VLLMSampler:
                  max_model_len: int | None = None, kv_cache_memory_bytes: int | None = None,
                  enforce_eager: bool | None = None, engine_kwargs: dict | None = None, verify: bool = False):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        with start_up():
+        with paused_gc():
             from vllm import LLM
 
         self.config = config or SamplingConfig()
@@ -97,7 +97,7 @@ class VLLMSampler:
         # inductor build of them took 4 s before the first sample, for one tensor comparison
         self.eager = not on_gpu and bool(kwargs.get("enforce_eager"))
         start = time.perf_counter()
-        with start_up(), self._stance():
+        with paused_gc(), self._stance():
             self.llm = LLM(model, dtype=dtype, seed=seed, gpu_memory_utilization=gpu_memory_utilization,
                            tensor_parallel_size=tensor_parallel_size, enable_sleep_mode=enable_sleep_mode, **kwargs)
         self.start_seconds = time.perf_counter() - start
@@ -286,22 +286,6 @@ class VLLMSampler:
             self._weights_dir.cleanup()
         if self._adapters is not None:
             self._adapters.close()
-
-
-@contextlib.contextmanager
-def start_up():
-    """Importing vLLM and starting its engine with the cyclic garbage collector out of the way: the objects that
-    exist by then are frozen (vLLM freezes the whole heap itself once the engine is up), so vLLM's own full
-    collections while loading weights scan only what it makes, and automatic collections are off meanwhile
-    (together about 2 s of CPU on the tiny model: bench/startup)."""
-    enabled = gc.isenabled()
-    gc.freeze()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _versions(policy) -> tuple[int, ...]:
