@@ -3,6 +3,7 @@ and the tracker holds every number of metrics.jsonl per iteration."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -167,3 +168,52 @@ def test_report_to_rejects_unknown_trackers(tmp_path, capsys):
     code, _, err = run(["solve", "--game", "rps", "--solver", "egpo", "--out", tmp_path / "r", "--report-to", "mlflow"],
                        capsys)
     assert code == 2 and err.strip() == "error: --report-to mlflow: choose one of none, tensorboard, wandb"
+
+
+def wandb_history(run_file: Path) -> list[dict]:
+    """The history records of an offline W&B run file (a LevelDB-style log of wandb's protobuf Records: a 7-byte
+    file header, then 32 KiB blocks of chunks, each a 7-byte header — CRC, length, kind — and its bytes; kinds
+    1 whole, 2 first, 3 middle, 4 last)."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = run_file.read_bytes()
+    assert data[:4] == b":W&B"
+    records, pending, pos, block = [], b"", 7, 32768
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:                    # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
+        if kind == 0:                                   # zero-filled end of a block
+            pos += block - pos % block
+            continue
+        pending += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return [{item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in r.history.item}
+            for r in records if r.WhichOneof("record_type") == "history"]
+
+
+if importlib.util.find_spec("wandb") is not None:   # optional: collected only where wandb is installed
+    def test_wandb_offline_run_holds_every_number_of_the_solve_metrics(tmp_path, capsys, monkeypatch):
+        monkeypatch.setenv("WANDB_SILENT", "true")
+        monkeypatch.setenv("WANDB_MODE", "offline")
+        out = tmp_path / "run"
+        argv = ["solve", "--game", "weighted-rps", "--solver", "egpo", "--mode", "sampled", "--iters", 6,
+                "--out", out, "--report-to", "wandb"]
+        assert run(argv, capsys)[0] == 0
+        runs = sorted((out / "wandb").glob("offline-run-*/run-*.wandb"))
+        assert len(runs) == 1, runs
+        history = {row["_step"]: row for row in wandb_history(runs[0])}
+        rows = read_jsonl(out / "metrics.jsonl")
+        numeric = [k for k, v in rows[0].items() if isinstance(v, (int, float))]
+        assert sorted(history) == [row["iteration"] for row in rows]
+        for row in rows:
+            logged = history[row["iteration"]]
+            # JSON in both files: every number comes back exactly
+            assert {k: logged[f"egpo/{k}"] for k in numeric} == {k: float(row[k]) for k in numeric}
+            assert {k for k in logged if not k.startswith("_")} == {f"egpo/{k}" for k in numeric}
