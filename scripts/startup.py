@@ -33,12 +33,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def timed(argv: list[str], env: dict) -> tuple[float, float, float, list[tuple[float, float]]]:
+def timed(argv: list[str], env: dict, cwd: Path = REPO) -> tuple[float, float, float, list[tuple[float, float]]]:
     """(start time, wall seconds, CPU seconds of the process and its children, [(time, CPU seconds so far of the
     process itself)] sampled every 0.1 s) of one run."""
     begin = time.time()
     start = time.perf_counter()
-    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # `python -m` puts the working directory first on sys.path, ahead of PYTHONPATH: run in the tree timed
+    process = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     samples, tick = [], os.sysconf("SC_CLK_TCK")
     stderr = []
     reader = threading.Thread(target=lambda: stderr.append(process.stderr.read()), daemon=True)
@@ -120,7 +121,7 @@ def time_train(work: Path, env: dict, repeats: int, baseline: str | None) -> dic
         for name, tree in trees.items():
             out = work / f"train-{len(runs[name])}-{tree.name}"
             argv = train_argv(tiny, out)
-            begin, wall, cpu, samples = timed(argv, dict(env, PYTHONPATH=str(tree), OMP_NUM_THREADS="1"))
+            begin, wall, cpu, samples = timed(argv, dict(env, PYTHONPATH=str(tree), OMP_NUM_THREADS="1"), tree)
             row = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
             ended = (out / "rounds" / "iteration-0001.jsonl").stat().st_mtime
             runs[name].append({"wall_seconds": wall, "cpu_seconds": cpu, "iteration_seconds": row["seconds"],
@@ -165,7 +166,8 @@ def report(results: dict) -> str:
                          f"{s['after_iteration_1_seconds']:.1f} | {s['after_iteration_1_cpu_seconds']:.1f} | "
                          f"{s['wall_seconds']:.1f} | {s['cpu_seconds']:.1f} |")
         lines += ["", f"Train command: `nashpref {t['command']}` (OMP_NUM_THREADS=1: with two threads on a loaded "
-                  "2-core machine the OpenMP threads' spinning swamps both the iteration and the CPU figures)"]
+                  "2-core machine the OpenMP threads' spinning swamps both the iteration and the CPU figures)", "",
+                  "Phase by phase: [where-the-time-goes.md](where-the-time-goes.md)."]
     return "\n".join(lines) + "\n"
 
 
