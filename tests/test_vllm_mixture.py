@@ -188,7 +188,11 @@ def test_verify_reference_fails_on_a_model_that_is_not_the_reference(models, eng
 
 
 def test_engine_memory_reports_the_kv_cache_it_was_given(models, engine):
-    assert engine.engine_memory()["kv_cache_bytes"] == 1 << 30       # the sampler's CPU default
+    # the sampler's CPU default: keys and values of MAX_SEQUENCES full-length (256-token) sequences of the tiny
+    # model, 2 layers × 1 KV head × 32 dimensions × 2 (K, V) × 4 bytes (float32) per token: 64 MiB
+    from nashpref.lm.samplers.vllm import MAX_SEQUENCES
+
+    assert engine.engine_memory()["kv_cache_bytes"] == MAX_SEQUENCES * 256 * 2 * 1 * 32 * 2 * 4 == 1 << 26
 
 
 # ---- seeds and the ledger ------------------------------------------------------------------------------------------
