@@ -6,7 +6,8 @@
 * ``BadInput``: an option, a value or the contents of a file breaks a rule (``GameError``: a game, its matrix or
   its reference; ``UsageError``: the command line itself);
 * ``MissingResource``: a file, directory, model or optional package that is not there;
-* ``NumericalFailure``: a computation produced what it must not (non-finite numbers, no convergence).
+* ``NumericalFailure``: a computation produced what it must not (non-finite numbers, no convergence; a sampling
+  engine not running the policy's weights: ``WeightSyncError``; samples from the wrong weights: ``StaleSamplesError``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,14 @@ class MissingResource(NashprefError):
 
 class NumericalFailure(NashprefError):
     """A computation produced non-finite numbers or did not converge."""
+
+
+class WeightSyncError(NumericalFailure):
+    """A sampling engine's log-probs disagree with the policy's: it is not running the policy's weights."""
+
+
+class StaleSamplesError(NumericalFailure):
+    """A round's samples came from other weights than the round's policy."""
 
 
 def one_line(error: BaseException) -> str:

@@ -23,7 +23,7 @@ def _queries_per_iteration(rows: list[dict]) -> float | None:
     return ratios.pop() if len(ratios) == 1 else None
 
 
-MARKERS = "osD^vPX*<>"
+MARKERS = "osD^vPX*<>h"    # 11 markers against 10 colours: unique pairs up to 110 curves
 
 
 def convergence_plot(path: Path, runs: dict[str, list[dict]], *, title: str, tau: float,
@@ -47,8 +47,10 @@ def convergence_plot(path: Path, runs: dict[str, list[dict]], *, title: str, tau
             colour, marker = f"C{i % 10}", MARKERS[i % len(MARKERS)]
             xs = [r[x] for r in rows]
             averaged = any("gap_last" in r for r in rows)
+            # past ten runs the colours repeat: a dash-dot line and another marker keep the curves apart
             ax.plot(xs, _clip([r.get(key) for r in rows]), color=colour, lw=1.6, marker=marker, markersize=4,
-                    markevery=(0.02 * i, 0.15), label=f"{label} (average iterate)" if averaged else label)
+                    ls="-" if i < 10 else "-.", markevery=(0.02 * i, 0.15),
+                    label=f"{label} (average iterate)" if averaged else label)
             if averaged and key == "gap":
                 ax.plot(xs, _clip([r["gap_last"] for r in rows]), color=colour, lw=1.0, ls="--",
                         label=f"{label} (last iterate)")

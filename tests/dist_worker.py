@@ -7,6 +7,10 @@
   each rank back-propagating the mean loss over its share; saves a DCP checkpoint after step 1 and the full
   weights after each step;
 * ``resume`` — loads that checkpoint (any world size), checks it, takes step 2 and saves the full weights;
+* ``prompts`` — ``load_prompts(SPEC, COLUMN, SPLIT)`` (arguments 3-5) on every rank: the list, or the error line;
+* ``lora`` — LoRA under FSDP on the tiny model (arguments 3-4 as for ``solvers``): what the reference and the
+  sampler's copy share, their log-probs with the adapters on and off (OUT/lora-rankR.json), then ``run_train``
+  of SPPO and Nash-MD with ``lora_rank=4`` for 2 iterations into OUT/<solver>;
 * ``solvers`` — ``run_train`` (--backend fsdp) of every registered solver for 2 iterations on the tiny model
   (argument 3: its directory; argument 4: the prompt file), into OUT/<solver>.
 """
@@ -20,7 +24,6 @@ from pathlib import Path
 
 import torch
 
-from nashpref.lm.backend import distributed as pg
 from nashpref.lm.backend.fsdp import DDPBackend, FSDPBackend
 
 VOCAB, ROWS, WIDTH = 96, 6, 10
@@ -84,11 +87,70 @@ def train_every_solver(out: Path, tiny: Path, prompts: Path) -> None:
         run_train(config, progress=False)
 
 
+def lora_under_fsdp(out: Path, tiny: Path, prompts: Path, backend) -> None:
+    from nashpref.lm.config import TrainConfig
+    from nashpref.lm.policy import LMPolicy
+    from nashpref.lm.trainer import run_train
+
+    texts = [json.loads(line)["prompt"] for line in prompts.read_text().splitlines()]
+    policy, reference = LMPolicy.from_pretrained(str(tiny / "policy"), texts, device="cpu", dtype="float32",
+                                                 lora={"r": 4, "target_modules": "all-linear"})
+    backend.prepare(policy, reference)
+    twin = policy.twin()
+    base = {name: p for name, p in twin.named_parameters() if "lora_" not in name}
+    with torch.no_grad():                           # a non-zero adapter on the copy (B starts at 0)
+        for name, p in twin.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(3)) * 0.5)
+    contexts = torch.arange(len(texts))
+    responses = twin.sample(contexts, 2, torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        on = twin.log_prob(contexts, responses)
+        with twin.model.disable_adapter():
+            off = twin.log_prob(contexts, responses)
+        mu = reference.log_prob(contexts, responses)
+    result = {"reference_tensors": len(list(reference.parameters())), "base_tensors": len(base),
+              "shared": len({p.data_ptr() for p in reference.parameters()} & {p.data_ptr() for p in base.values()}),
+              "sharded": sum(hasattr(p, "to_local") for p in policy.parameters()),
+              "trainable": sorted({n.split(".")[-3] for n, p in policy.named_parameters() if p.requires_grad}),
+              "off_equals_reference": torch.equal(off, mu), "on_differs": not torch.equal(on, mu)}
+    (out / f"lora-rank{backend.rank}.json").write_text(json.dumps(result))
+    for name in ("sppo", "nash-md"):
+        config = TrainConfig(policy=str(tiny / "policy"), preference=f"reward:{tiny / 'reward'}", prompts=str(prompts),
+                             solver=name, out=out / name, sampler="hf", iterations=2, heldout=3, samples=2,
+                             eval_samples=2, max_new_tokens=8, lr=1e-2, tau=0.1, backend="fsdp", timeout=300,
+                             lora_rank=4)
+        run_train(config, progress=False)
+
+
 def main() -> None:
     scenario, out = sys.argv[1], Path(sys.argv[2])
-    if scenario == "solvers":           # one process group for all the runs (each run_train leaves it open)
+    if scenario in ("solvers", "lora"):     # one process group for all the runs (each run_train leaves it open)
         backend = FSDPBackend(device="cpu", timeout=300)
-        train_every_solver(out, Path(sys.argv[3]), Path(sys.argv[4]))
+        if scenario == "lora":
+            lora_under_fsdp(out, Path(sys.argv[3]), Path(sys.argv[4]), backend)
+        else:
+            train_every_solver(out, Path(sys.argv[3]), Path(sys.argv[4]))
+        backend.close()
+        return
+    if scenario == "prompts":
+        from nashpref.errors import BadInput
+        from nashpref.lm import data
+
+        backend = FSDPBackend(device="cpu", timeout=60)
+        checked, check = [], data._check_prompt
+
+        def counted(row, spec, i, column):          # which rows this rank checked
+            checked.append(i)
+            return check(row, spec, i, column)
+
+        data._check_prompt = counted
+        try:
+            result = {"prompts": data.load_prompts(sys.argv[3], sys.argv[4], sys.argv[5])}
+        except BadInput as exc:
+            result = {"error": str(exc)}
+        result["checked"] = checked
+        (out / f"prompts-rank{backend.rank}.json").write_text(json.dumps(result))
         backend.close()
         return
     kind = os.environ.get("BACKEND", "fsdp")

@@ -122,7 +122,7 @@ def test_race_end_to_end_one_solver_one_seed_one_iteration(tmp_path, monkeypatch
     monkeypatch.setitem(llm_setup.SIZES, "tiny", SMALL)
     monkeypatch.setattr(race, "RACE_SFT_STEPS", 30)
     monkeypatch.setattr(race, "REFERENCE_SAMPLES", 4)
-    monkeypatch.setitem(race.PRESETS, "quick", race.RaceBudget(iterations=1, samples=2, lr=1e-3, heldout=2,
+    monkeypatch.setitem(race.PRESETS, "quick", race.RaceBudget(iterations=1, samples=2, lr=1e-3, lr_decay=0.5, heldout=2,
                                                                eval_samples=3, max_new_tokens=10))
     out = tmp_path / "race"
     # a 30-step SFT cannot promise μ's gap ≥ 0.2; that check has its own test
@@ -153,3 +153,28 @@ def test_race_end_to_end_one_solver_one_seed_one_iteration(tmp_path, monkeypatch
     assert main(["bench", "llm", "--preset", "quick", "--out", str(out), "--size", "small"]) == 2
     assert main(["bench", "llm", "--preset", "full", "--out", str(out), "--sampler", "vllm"]) == 2
     assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_lr_decay_sets_each_iterations_rate():
+    """--lr-decay: iteration t trains at lr · decay^(t−1), whatever the optimizer's restored state says."""
+    from nashpref.lm.backend.single import SingleBackend
+    from nashpref.lm.trainer import TrainHooks
+
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=123.0)
+    hooks = TrainHooks(None, None, None, [], None, [], SingleBackend("cpu"))
+    hooks.round_start(1)
+    assert optimizer.param_groups[0]["lr"] == 123.0            # no decay asked: untouched
+    hooks.optimizer, hooks.lr, hooks.lr_decay = optimizer, 2e-3, 0.5
+    for t, expected in ((1, 2e-3), (4, 2.5e-4), (2, 1e-3)):
+        hooks.round_start(t)
+        assert optimizer.param_groups[0]["lr"] == expected     # powers of ½: exact in binary
+
+
+@pytest.mark.parametrize("decay", [0.0, 1.5, float("nan")])
+def test_lr_decay_out_of_range_is_bad_input(decay, tmp_path):
+    from nashpref.lm.config import TrainConfig
+
+    config = TrainConfig(policy="p", preference="rule:cycle", prompts="x.jsonl", solver="inpo", out=tmp_path / "o",
+                         lr_decay=decay)
+    with pytest.raises(BadInput, match="--lr-decay"):
+        config.validate()

@@ -3,8 +3,11 @@
 * Same maths at any world size: 2 iterations of every solver with 2 ranks give the same responses and
   preferences as 1 rank with the same global batch (5 training prompts: shares of 3 and 2, so each rank's loss
   weight matters), and final weights equal up to float rounding (relative to the size of the update);
-* faults: ``kill -9`` of one rank ends the job within the timeout with a non-zero status, and ``--resume``
-  (here with 1 rank: the checkpoint is resharded) ends where an uninterrupted run ends.
+* LoRA under FSDP: the reference is the base with the adapters off (sharing the sampler copy's tensors), and
+  2 ranks train like 1, moving only the adapted layers;
+* faults: ``kill -9`` (or ``kill -STOP``) of one rank ends the others within the timeout with one ``error:`` line
+  and a non-zero status, and ``--resume`` ends where an uninterrupted run ends (bit for bit); under
+  ``torchrun --max-restarts 1`` the restarted ranks resume from the last checkpoint by themselves.
 """
 
 from __future__ import annotations
@@ -94,53 +97,205 @@ def test_two_ranks_train_like_one(solver, runs, tiny_dir):
     assert (two / "checkpoints" / "iteration-0002" / "__1_0.distcp").exists()     # rank 1 wrote its shards
 
 
-@pytest.mark.skip(reason="written but not yet run (out of time): run it and remove this mark")
-def test_killed_rank_ends_the_job_and_resume_matches_an_uninterrupted_run(runs, tiny_dir, prompts_file,
+@pytest.fixture(scope="module")
+def lora_runs(tiny_dir, prompts_file, tmp_path_factory) -> dict[int, Path]:
+    out = {}
+    for nproc in (1, 2):
+        out[nproc] = tmp_path_factory.mktemp(f"lora{nproc}")
+        done = subprocess.run(torchrun(nproc, str(ROOT / "tests" / "dist_worker.py"), "lora", str(out[nproc]),
+                                       str(tiny_dir), str(prompts_file)),
+                              env=env(), capture_output=True, text=True, timeout=1500)
+        assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+def test_lora_under_fsdp_reference_is_the_base_with_adapters_off(lora_runs):
+    for rank in (0, 1):
+        seen = json.loads((lora_runs[2] / f"lora-rank{rank}.json").read_text())
+        # The reference's tensors are the sampler's copy's base tensors (one copy of the base per rank), and its
+        # log-probs are those of the policy with the adapters disabled, exactly.
+        assert seen["shared"] == seen["reference_tensors"] == seen["base_tensors"]
+        assert seen["off_equals_reference"] and seen["on_differs"]
+        assert seen["trainable"] == ["lora_A", "lora_B"] and seen["sharded"] > 0
+
+
+@pytest.mark.parametrize("solver", ["sppo", "nash-md"])
+def test_lora_two_ranks_train_like_one_and_only_the_adapters(solver, lora_runs, tiny_dir):
+    one, two = lora_runs[1] / solver, lora_runs[2] / solver
+    for iteration in (1, 2):
+        name = f"rounds/iteration-{iteration:04d}.jsonl"
+        assert [(r["prompt"], r["a"], r["b"]) for r in read_jsonl(one / name)] == \
+               [(r["prompt"], r["a"], r["b"]) for r in read_jsonl(two / name)]
+    start = weights(tiny_dir / "policy")
+    final_one, final_two = weights(one / "final"), weights(two / "final")   # adapters merged
+    assert final_one.keys() == final_two.keys() == start.keys()
+    assert relative_gap(final_two, final_one, start) <= BOUND
+    # all-linear LoRA: every linear layer of the decoder moves; embeddings, norms and the output head (which
+    # peft leaves out) are the frozen base's, bit for bit.
+    for key in start:
+        moved = not torch.equal(final_two[key], start[key])
+        assert moved == (key.endswith("proj.weight")), key
+
+
+# ---- faults ------------------------------------------------------------------------------------------------
+ITERATIONS = 12                 # ~0.5 s each with 2 ranks: a kill after the 2nd checkpoint lands mid-run
+TIMEOUT = 30                    # --timeout: the bound on a collective waiting for a dead rank
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as handle:
+        handle.bind(("127.0.0.1", 0))
+        return handle.getsockname()[1]
+
+
+def train_args(tiny: Path, prompts: Path, out: Path) -> list[str]:
+    return ["-m", "nashpref", "train", "--policy", str(tiny / "policy"), "--preference", f"reward:{tiny / 'reward'}",
+            "--prompts", str(prompts), "--solver", "sppo", "--sampler", "hf", "--heldout", "3", "--samples", "2",
+            "--eval-samples", "2", "--max-new-tokens", "8", "--lr", "1e-3", "--tau", "0.1", "--timeout",
+            str(TIMEOUT), "--iterations", str(ITERATIONS), "--out", str(out)]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_dir, prompts_file, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("uninterrupted") / "run"
+    done = subprocess.run(torchrun(2, *train_args(tiny_dir, prompts_file, out)), env=env(), capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+def kill_a_rank_after(out: Path, iteration: int, parents: list[subprocess.Popen],
+                      how: signal.Signals = signal.SIGKILL) -> tuple[float, int]:
+    """Wait until checkpoint ``iteration`` is published, then send ``how`` (``kill -9``) to the worker of the last
+    launcher in ``parents`` (one torchrun agent each); returns the time it was sent and the worker's pid."""
+    pointer = out / "checkpoints" / "latest"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and all(p.poll() is None for p in parents):
+        if pointer.exists() and int(pointer.read_text().split("-")[1]) >= iteration:
+            break
+        time.sleep(0.05)
+    assert pointer.exists(), "no checkpoint was written"
+    workers = subprocess.run(["pgrep", "-P", str(parents[-1].pid)], capture_output=True, text=True).stdout.split()
+    assert workers, "the launcher has no worker left"
+    os.kill(int(workers[-1]), how)
+    return time.monotonic(), int(workers[-1])
+
+
+def checkpointed(out: Path) -> int:
+    return int((out / "checkpoints" / "latest").read_text().split("-")[1])
+
+
+def assert_same_run(out: Path, reference: Path) -> None:
+    """``out`` ended exactly where ``reference`` did: bit-equal final weights (CPU, gloo with 2 ranks: every sum
+    is taken in the same order), the same metrics and the same round datasets."""
+    mine, theirs = weights(out / "final"), weights(reference / "final")
+    assert mine.keys() == theirs.keys()
+    assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+    timing = {"sampling_seconds", "judging_seconds", "sync_seconds", "training_seconds", "evaluation_seconds",
+              "seconds"}
+    rows, expected = read_jsonl(out / "metrics.jsonl"), read_jsonl(reference / "metrics.jsonl")
+    assert [r["iteration"] for r in rows] == list(range(1, ITERATIONS + 1))
+    assert [{k: v for k, v in r.items() if k not in timing} for r in rows] == \
+           [{k: v for k, v in r.items() if k not in timing} for r in expected]
+    for t in range(1, ITERATIONS + 1):
+        name = f"rounds/iteration-{t:04d}.jsonl"
+        assert read_jsonl(out / name) == read_jsonl(reference / name)
+
+
+def worker_log(logs: Path, attempt: int = 0) -> str:
+    """The stderr of the (only) local worker of a torchrun agent run with --log-dir LOGS --redirects 3."""
+    files = list(logs.glob(f"*/attempt_{attempt}/0/stderr.log"))
+    assert len(files) == 1, list(logs.rglob("*"))
+    return files[0].read_text()
+
+
+def two_agents(tiny: Path, prompts: Path, out: Path, logs: Path, timeout: float) -> list[subprocess.Popen]:
+    """Two torchrun agents with one rank each (static rendezvous on 127.0.0.1), as two nodes would run them;
+    each worker's stderr goes to LOGS/logsN."""
+    port, agents = free_port(), []
+    args = train_args(tiny, prompts, out)
+    args[args.index("--timeout") + 1] = str(timeout)
+    for node in (0, 1):
+        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+                   "--node_rank", str(node), "--rdzv-backend", "static", "--master-addr", "127.0.0.1",
+                   "--master-port", str(port), "--log-dir", str(logs / f"logs{node}"), "--redirects", "3", *args]
+        agents.append(subprocess.Popen(command, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                       text=True, start_new_session=True))
+    return agents
+
+
+def test_killed_rank_ends_the_job_and_resume_matches_an_uninterrupted_run(uninterrupted, tiny_dir, prompts_file,
                                                                            tmp_path):
+    """Two torchrun agents (two "nodes" of one rank each, as on a cluster, where no agent can stop the other's
+    workers): ``kill -9`` of rank 1 must end rank 0 through the failed collective, with one ``error:`` line
+    within the timeout, and ``--resume`` then ends bit-equal to the run that was never interrupted."""
     out = tmp_path / "run"
-    command = torchrun(2, "-m", "nashpref", "train", "--policy", str(tiny_dir / "policy"), "--preference",
-                       f"reward:{tiny_dir / 'reward'}", "--prompts", str(prompts_file), "--solver", "sppo",
-                       "--sampler", "hf", "--heldout", "3", "--samples", "2", "--eval-samples", "2",
-                       "--max-new-tokens", "8", "--lr", "1e-3", "--tau", "0.1", "--timeout", "30",
-                       "--out", str(out))
-    job = subprocess.Popen(command + ["--iterations", "40"], env=env(), stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True, start_new_session=True)
+    agents = two_agents(tiny_dir, prompts_file, out, tmp_path, TIMEOUT)
     try:
-        pointer = out / "checkpoints" / "latest"
-        deadline = time.monotonic() + 600
-        while not pointer.exists() and time.monotonic() < deadline and job.poll() is None:
-            time.sleep(0.5)
-        assert pointer.exists(), "no checkpoint was written"
-        ranks = subprocess.run(["pgrep", "-f", "-P", str(job.pid), "nashpref"], capture_output=True, text=True)
-        children = [int(pid) for pid in ranks.stdout.split()]
-        assert len(children) == 2, ranks.stdout
-        killed = time.monotonic()
-        os.kill(children[-1], signal.SIGKILL)
-        _, stderr = job.communicate(timeout=120)
-        assert job.returncode != 0
-        assert time.monotonic() - killed < 60           # within the 30 s collective timeout (+ teardown)
+        killed, _ = kill_a_rank_after(out, 2, agents)
+        for agent in agents:
+            agent.communicate(timeout=TIMEOUT + 60)
+        ended = time.monotonic() - killed
+    finally:
+        for agent in agents:
+            if agent.poll() is None:
+                os.killpg(agent.pid, signal.SIGKILL)
+    assert [agent.returncode for agent in agents] == [1, 1]
+    assert ended < TIMEOUT + 15                     # no hang: the survivor gave up within the timeout
+    survivor = worker_log(tmp_path / "logs0").strip().splitlines()
+    assert len(survivor) == 1 and survivor[0].startswith("error: rank 0: a collective with the other ranks "
+                                                         "failed"), survivor
+    assert "Traceback" not in survivor[0]
+    assert 2 <= checkpointed(out) < ITERATIONS
+    resumed = subprocess.run(torchrun(2, *train_args(tiny_dir, prompts_file, out), "--resume"), env=env(),
+                             capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_run(out, uninterrupted)
+
+
+def test_a_rank_that_stops_answering_ends_the_others_after_the_timeout(tiny_dir, prompts_file, tmp_path):
+    """``kill -STOP`` of rank 1 (alive, silent: its sockets stay open, so only the timeout can tell): rank 0's
+    next collective gives up after ``--timeout`` seconds with one ``error:`` line, not a hang."""
+    out, timeout = tmp_path / "run", 10
+    agents = two_agents(tiny_dir, prompts_file, out, tmp_path, timeout)
+    stopped = None
+    try:
+        sent, stopped = kill_a_rank_after(out, 2, agents, signal.SIGSTOP)
+        agents[0].communicate(timeout=timeout + 60)
+        ended = time.monotonic() - sent
+    finally:
+        for agent in agents:
+            if agent.poll() is None:
+                os.killpg(agent.pid, signal.SIGKILL)
+        if stopped is not None:
+            os.kill(stopped, signal.SIGKILL)
+    assert agents[0].returncode == 1
+    assert timeout - 1 <= ended < timeout + 20      # it waited for the timeout, and not much longer
+    survivor = worker_log(tmp_path / "logs0").strip().splitlines()
+    assert len(survivor) == 1 and survivor[0].startswith("error: rank 0: a collective with the other ranks "
+                                                         "failed"), survivor
+    assert "Timed out" in survivor[0]
+
+
+def test_torchrun_max_restarts_resumes_from_the_last_checkpoint(uninterrupted, tiny_dir, prompts_file, tmp_path):
+    """``torchrun --max-restarts 1``: after ``kill -9`` of a rank, torchrun stops the other and starts both again
+    (TORCHELASTIC_RESTART_COUNT=1); they continue from the last checkpoint without --resume and end bit-equal to
+    the uninterrupted run."""
+    out, logs = tmp_path / "run", tmp_path / "logs"
+    command = [*torchrun(2, "--max-restarts", "1", "--log-dir", str(logs), "--redirects", "3"),
+               *train_args(tiny_dir, prompts_file, out)]
+    job = subprocess.Popen(command, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)
+    try:
+        kill_a_rank_after(out, 2, [job])
+        at_kill = checkpointed(out)
+        _, stderr = job.communicate(timeout=900)
     finally:
         if job.poll() is None:
             os.killpg(job.pid, signal.SIGKILL)
-    done = int(pointer.read_text().split("-")[1])
-    assert 1 <= done < 40
-    # Resume with ONE rank up to iteration done + 1 (resharding), and compare with the 2-rank run that was never
-    # interrupted... which is the sppo run of `runs` when done + 1 == 2; otherwise run the reference here.
-    total = done + 1
-    resumed = subprocess.run(torchrun(1, *command[command.index("-m"):], "--iterations", str(total), "--resume"),
-                             env=env(), capture_output=True, text=True, timeout=900)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    if total == 2:
-        reference = runs[2] / "sppo"
-    else:
-        reference = tmp_path / "uninterrupted"
-        fresh = command[:-1] + [str(reference), "--iterations", str(total)]
-        again = subprocess.run(fresh, env=env(), capture_output=True, text=True, timeout=900)
-        assert again.returncode == 0, again.stderr[-3000:]
-    start = weights(tiny_dir / "policy")
-    assert relative_gap(weights(out / "final"), weights(reference / "final"), start) <= BOUND
-    rows = read_jsonl(out / "metrics.jsonl")
-    assert [r["iteration"] for r in rows] == list(range(1, total + 1))
-    last = read_jsonl(out / f"rounds/iteration-{total:04d}.jsonl")
-    assert [(r["a"], r["b"]) for r in last] == [(r["a"], r["b"]) for r in
-                                                read_jsonl(reference / f"rounds/iteration-{total:04d}.jsonl")]
+    assert job.returncode == 0, stderr[-3000:]
+    assert at_kill < ITERATIONS
+    assert list(logs.glob("*/attempt_1/0/stderr.log")), "torchrun did not restart the workers"
+    assert_same_run(out, uninterrupted)

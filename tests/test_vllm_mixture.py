@@ -188,7 +188,11 @@ def test_verify_reference_fails_on_a_model_that_is_not_the_reference(models, eng
 
 
 def test_engine_memory_reports_the_kv_cache_it_was_given(models, engine):
-    assert engine.engine_memory()["kv_cache_bytes"] == 1 << 30       # the sampler's CPU default
+    # the sampler's CPU default: keys and values of MAX_SEQUENCES full-length (256-token) sequences of the tiny
+    # model, 2 layers × 1 KV head × 32 dimensions × 2 (K, V) × 4 bytes (float32) per token: 64 MiB
+    from nashpref.lm.samplers.vllm import MAX_SEQUENCES
+
+    assert engine.engine_memory()["kv_cache_bytes"] == MAX_SEQUENCES * 256 * 2 * 1 * 32 * 2 * 4 == 1 << 26
 
 
 # ---- seeds and the ledger ------------------------------------------------------------------------------------------
@@ -375,3 +379,37 @@ def test_the_vllm_plugin_names_the_model_class():
         assert ModelRegistry.models[ARCHITECTURE].load_model_cls() is NashMixtureForCausalLM
     finally:
         register_mixture_model()
+
+
+def test_a_compiled_engine_mixes_exactly_and_follows_a_sync(tiny_dir, models):
+    """torch.compile (inductor) instead of eager mode, the faster engine on CPU in bench/vllm-mixture: one graph
+    is compiled for two stacks of one shape, so this catches a stack that runs the other's weights (β would
+    not matter), weights frozen into the compiled code at start (the sync would not take), and fused kernels
+    that round outside the tolerance."""
+    policy, reference = models
+    compiled = VLLMMixtureSampler(str(tiny_dir / "policy"), SamplingConfig(max_new_tokens=16), seed=0,
+                                  max_model_len=256, engine_kwargs={"enforce_eager": False})
+    try:
+        assert not compiled.llm.llm_engine.vllm_config.model_config.enforce_eager
+        compiled.sync_weights(policy)
+        prompt = policy.prompt_ids[1]
+        sequence = prompt + policy.tokenizer.encode(" the cold cat is calm.", add_special_tokens=False)
+
+        def errors(beta: float) -> tuple[float, float]:
+            compiled.set_beta(beta)
+            got = torch.tensor(compiled.engine_log_probs([sequence])[0][len(prompt) - 1:])
+            truth, scale = hf_mixture_log_probs(policy, reference, beta, prompt, sequence[len(prompt):])
+            return (got - truth).abs().max().item(), tolerance(scale, len(sequence))
+
+        for beta in (0.0, 1.0, 0.3):
+            error, limit = errors(beta)
+            assert error <= limit, (beta, error, limit)
+        sgd_step(policy)
+        stale, limit = errors(0.3)
+        assert stale > 10 * limit                                 # the step is visible above the tolerance
+        compiled.sync_weights(policy)
+        compiled.verify_sync(policy)
+        fresh, limit = errors(0.3)
+        assert fresh <= limit
+    finally:
+        compiled.close()

@@ -116,15 +116,41 @@ def resume_hint(cmd, argv: Sequence[str]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit status (0 ok, 2 bad input, 128 + N after signal N)."""
+    """Run the CLI; returns the exit status (0 ok, 2 bad input, 128 + N after signal N). Without ``argv`` (the
+    ``nashpref`` program) the process ends here (:func:`quick_exit`)."""
+    program = argv is None
     argv = sys.argv[1:] if argv is None else argv
     parsed: list = []
     try:
         with interruptible():
-            return run(argv, parsed)
+            status = run(argv, parsed)
     except Interrupted as stop:
         print(f"interrupted by {stop.name}: {resume_hint(parsed[0] if parsed else None, argv)}", file=sys.stderr)
-        return stop.exit_status
+        status = stop.exit_status
+    if program:
+        quick_exit(status)
+    return status
+
+
+def quick_exit(status: int) -> None:
+    """End the process now that the work is done and written. The interpreter's own exit runs full garbage
+    collections over every object of torch, transformers and vLLM, module after module, after vLLM's engine
+    shutdown has unfrozen the heap: 5-7 s after a vLLM run on this machine (bench/startup). Here the exit
+    handlers run (logging, vLLM's shutdown, temporary directories), the streams are flushed and the process
+    exits without the collections. Not under torchrun, nor while a non-daemon thread is still running: those
+    exit the ordinary way."""
+    import atexit
+    import os
+    import threading
+
+    if "RANK" in os.environ or any(t.is_alive() and not t.daemon for t in threading.enumerate()
+                                   if t is not threading.main_thread()):
+        return
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(status)
 
 
 def command_class(argv: Sequence[str]) -> type | None:

@@ -125,6 +125,8 @@ def value_flags(path: Path, cls: type, names: list[str], value: Any) -> list[str
         return [flag for key, inner in value.items()
                 for flag in value_flags(path, kind, names + [key.replace("_", "-")], inner)]
     flag = "--" + ".".join(names)
+    if value is None:                   # YAML's `key:` with nothing after it: the option's default
+        return []
     if isinstance(value, bool):
         return [flag if value else "--" + ".".join(names[:-1] + ["no-" + names[-1]])]
     if isinstance(value, list):

@@ -1,9 +1,11 @@
 """`nashpref theory {explore,pessimism,payoff,recovery,maxmin}`: the theory experiments on linear contextual bandits
-(nashpref.theory), each writing results.json, README.md (its table) and, where it helps, a plot to --out."""
+(nashpref.theory), each writing results.json, README.md (its table) and, where it helps, a plot to --out; and
+`nashpref theory enhance`: the rejection-sampling enhancer on a language model's responses."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Annotated, Union
 
@@ -57,13 +59,66 @@ class Maxmin(ex.MaxminSettings):
     """Output directory; created only when everything succeeded."""
 
 
+@dataclasses.dataclass(kw_only=True)
+class Enhance:
+    """The enhancer for language models: from each prompt's sampled responses of the main policy, keep those a
+    rejection sampler accepts for the uncertainty-seeking tilt within a KL budget, on a fitted linear preference
+    model's features and covariance Σ (fit-preference --model bt-linear|skew-bilinear)."""
+
+    linear: str
+    """The fit-preference output directory (linear.safetensors, fit.json) whose features and Σ are used."""
+    responses: str
+    """A .jsonl file with rows {"prompt": …, "responses": [text, …]}: the main policy's draws per prompt."""
+    budget: float = 0.1
+    """KL budget ε of the enhancer around the main policy (estimated on the draws)."""
+    seed: int = 0
+    """Seed of the accept/reject draws."""
+    out: Path
+    """Output directory (enhancer.jsonl, results.json); created only when everything succeeded."""
+
+
+def run_enhance(cmd: Enhance, tick=lambda: None) -> tuple[dict, dict]:
+    import torch
+
+    from nashpref.checks import number
+    from nashpref.errors import BadInput
+    from nashpref.io import read_jsonl
+    from nashpref.lm.loading import require_lm_extra
+    from nashpref.preferences.linear import LinearOracle, enhancer_choice
+
+    require_lm_extra("theory enhance")
+    number(cmd.budget, "--budget", low_open=False)
+    if not Path(cmd.responses).is_file():
+        raise BadInput(f"--responses {cmd.responses}: no such file")
+    rows = read_jsonl(Path(cmd.responses))
+    for i, row in enumerate(rows):
+        texts = row.get("responses") if isinstance(row, dict) else None
+        if "prompt" not in row or not isinstance(texts, list) or not texts or \
+                not all(isinstance(t, str) for t in texts):
+            raise BadInput(f"--responses {cmd.responses}: row {i} needs a prompt and a non-empty list of texts "
+                           f"under 'responses'")
+    oracle = LinearOracle.from_spec(cmd.linear)
+    generator = torch.Generator().manual_seed(cmd.seed)
+    chosen = []
+    for row in rows:
+        chosen.append(enhancer_choice(oracle, row["prompt"], row["responses"], cmd.budget, generator))
+        tick()
+    draws, kept = sum(len(r["responses"]) for r in chosen), sum(len(r["enhancer"]) for r in chosen)
+    gain = sum(r["width_enhancer"] - r["width_main"] for r in chosen) / len(chosen)
+    table = (f"prompts {len(chosen)}, draws {draws}, accepted {kept} ({kept / draws:.1%}); mean uncertainty "
+             f"gain ‖w‖_Σ⁻¹ (enhancer − main) {gain:.4g}")
+    summary = {"table": table, "prompts": len(chosen), "draws": draws, "accepted": kept, "mean_width_gain": gain}
+    return summary, {"results.json": summary,
+                     "enhancer.jsonl": "".join(json.dumps(r) + "\n" for r in chosen)}
+
+
 def _described(cls, name: str):
     return Annotated[cls, tyro.conf.subcommand(name, description=" ".join(cls.__doc__.split()))]
 
 
 TheoryCommand = Union[_described(Explore, "explore"), _described(Pessimism, "pessimism"),
                       _described(Payoff, "payoff"), _described(Recovery, "recovery"),
-                      _described(Maxmin, "maxmin")]
+                      _described(Maxmin, "maxmin"), _described(Enhance, "enhance")]
 
 
 @dataclasses.dataclass
@@ -77,7 +132,7 @@ class Theory:
 
 RUNS = {Explore: (ex.run_explore, lambda c: c.seeds * 3), Pessimism: (ex.run_pessimism, lambda c: c.seeds),
         Payoff: (ex.run_payoff, lambda c: len(c.games)), Recovery: (ex.run_recovery, lambda c: 2 * len(c.sizes)),
-        Maxmin: (ex.run_maxmin, lambda c: c.seeds)}
+        Maxmin: (ex.run_maxmin, lambda c: c.seeds), Enhance: (run_enhance, lambda c: None)}
 
 
 def run_theory(cmd: Theory) -> int:

@@ -40,6 +40,9 @@ def quiet_library_progress() -> None:
 
 
 def run_train_command(cmd, report_to: str = "none") -> int:
+    from nashpref.lm.startup import import_libraries
+
+    import_libraries()
     quiet_library_progress()
     from nashpref.lm.trainer import run_train
 
@@ -55,6 +58,9 @@ def run_train_command(cmd, report_to: str = "none") -> int:
 
 
 def run_fit_preference_command(cmd) -> int:
+    from nashpref.lm.startup import import_libraries
+
+    import_libraries()
     quiet_library_progress()
     from nashpref.preferences.fit import run_fit_preference
 

@@ -8,18 +8,23 @@ vᵀDv = vᵀDADv/τ = 0, hence Dv = 0 and then v = 0. Newton converges quadrati
 gap ≤ 1e-12 reachable for small τ where extragradient alone needs ~1/τ·log(1/ε) steps.
 (Plain fixed-point iteration π ← softmax(log μ + Pπ/τ) is not a contraction for τ < ½ and diverges.)
 
-τ = 0: a linear program (scipy HiGHS). The equilibrium may not be unique; the returned gap certifies it.
+τ = 0: the game is symmetric zero-sum, and nashpref.core.lp finds a π with Aπ ≤ 0 (A = P − ½) by an interior
+point method finished exactly on the support it identifies; the result is returned only if its exact float64 gap
+is ≤ tol (or the rounding bound of an n-term sum, if larger). Otherwise (degenerate games) the linear program
+is solved by scipy's HiGHS. The equilibrium may not be unique; the returned gap certifies it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from nashpref.core.game import DTYPE, PreferenceGame
+from nashpref.tolerance import tolerance
 
 
 @dataclass
@@ -27,7 +32,7 @@ class Equilibrium:
     policy: Tensor          # (C, N)
     gap: Tensor             # (C,) exact duality gap of `policy`
     method: str
-    iterations: int         # extragradient + Newton steps (τ > 0) or LP solves (τ = 0)
+    iterations: int         # extragradient + Newton steps (τ > 0); interior point steps or LP solves (τ = 0)
 
 
 def extragradient_step(game: PreferenceGame, log_pi: Tensor, eta: float) -> Tensor:
@@ -37,16 +42,18 @@ def extragradient_step(game: PreferenceGame, log_pi: Tensor, eta: float) -> Tens
 
 
 def solve_equilibrium(game: PreferenceGame, tol: float = 1e-12, warm_start_steps: int = 10,
-                      max_newton_steps: int = 100, residual_tol: float = 1e-14) -> Equilibrium:
+                      max_newton_steps: int = 100, residual_tol: float = 1e-14,
+                      on_step: Callable[[int, int, float], None] | None = None) -> Equilibrium:
     """The exact equilibrium of every context of ``game`` at its τ.
 
     τ > 0 stops when gap ≤ ``tol`` *and* the fixed-point residual max_y |τ s(y) − (Pπ)(y)| ≤ ``residual_tol``
     (or Newton can no longer reduce it): the gap is quadratic in the error of π, so gap ≈ 1e-16 alone still
-    allows errors of ~1e-8 in π.
+    allows errors of ~1e-8 in π. τ = 0 returns a policy whose exact gap is ≤ ``tol`` unless HiGHS had to be used;
+    ``on_step(context, iteration, μ)`` is called at every interior point step (for a progress bar).
     """
     if game.tau > 0:
         return _solve_regularised(game, tol, warm_start_steps, max_newton_steps, residual_tol)
-    return _solve_linear_program(game)
+    return _solve_unregularised(game, tol, on_step)
 
 
 CONTINUATION_START = 0.1    # extragradient contracts by 1 − τ/(τ+1) per step: fast down to here
@@ -118,23 +125,24 @@ def _newton(game: PreferenceGame, s: Tensor, tol: float, residual_tol: float, ma
     return s, max_steps
 
 
-def _solve_linear_program(game: PreferenceGame) -> Equilibrium:
-    """min v  s.t.  Pπ ≤ v·1, 1ᵀπ = 1, π ≥ 0 — the value is ½ and π is a maximin (equilibrium) strategy."""
-    from scipy.optimize import linprog     # 0.9 s to import: only τ = 0 needs it
+def _solve_unregularised(game: PreferenceGame, tol: float, on_step) -> Equilibrium:
+    """Per context: the certified interior point solution (nashpref.core.lp), else the HiGHS linear program."""
+    from nashpref.core.lp import highs_equilibrium, symmetric_equilibrium
 
     n = game.num_actions
-    policies = []
-    for P in game.P.numpy():
-        c = np.zeros(n + 1)
-        c[-1] = 1.0
-        A_ub = np.hstack([P, -np.ones((n, 1))])
-        A_eq = np.hstack([np.ones((1, n)), np.zeros((1, 1))])
-        # interior point + crossover: 2-3x faster than simplex at N=1000
-        res = linprog(c, A_ub=A_ub, b_ub=np.zeros(n), A_eq=A_eq, b_eq=[1.0],
-                      bounds=[(0, None)] * n + [(None, None)], method="highs-ipm")
-        if not res.success:  # cannot happen for a valid game; say so loudly if it does
-            raise RuntimeError(f"{game.name}: HiGHS failed on the τ=0 linear program: {res.message}")
-        pi = np.clip(res.x[:n], 0.0, None)
-        policies.append(pi / pi.sum())
+    bound = max(tol, tolerance(DTYPE, length=n))     # Px sums n terms: its rounding alone can reach this
+    policies, steps, fallbacks = [], 0, 0
+    for c, P in enumerate(game.P.numpy()):
+        step = None if on_step is None else (lambda i, mu, c=c: on_step(c, i, mu))
+        found = symmetric_equilibrium((P - P.T) / 2, bound, step)   # A = P − ½ up to P + Pᵀ = 1's rounding
+        if found is not None and 2.0 * float((P @ found[0]).max()) - 1.0 <= bound:
+            policies.append(found[0])
+            steps += found[1]
+            continue
+        policies.append(highs_equilibrium(P, game.name))
+        fallbacks += 1
     pi = torch.as_tensor(np.stack(policies), dtype=DTYPE)
-    return Equilibrium(policy=pi, gap=game.gap(pi), method="linear-program (HiGHS)", iterations=len(policies))
+    method = "interior point + exact support (certified)"
+    if fallbacks:
+        method = "linear-program (HiGHS)" if fallbacks == len(policies) else f"{method}; HiGHS for {fallbacks}"
+    return Equilibrium(policy=pi, gap=game.gap(pi), method=method, iterations=steps + fallbacks)

@@ -25,10 +25,13 @@ class TrainConfig:
     """Preference oracle P(a ≻ b | x): reward:PATH (Bradley-Terry over a reward model), pairwise:PATH (a pairwise
     classifier read in both orders), judge:PATH (an instruction model, position-swapped), rule:NAME (length, warm,
     cyclic), python:FILE.py:NAME (your function (prompts, a, b) -> list of P(a ≻ b)), mix:W1=SPEC1;W2=SPEC2 (a
-    weighted mixture of oracles) or ensemble:min:PATH1,PATH2 / ensemble:mean-std@C:PATH1,PATH2 (reward models
-    aggregated pessimistically, then Bradley-Terry)."""
+    weighted mixture of oracles), ensemble:min:PATH1,PATH2 / ensemble:mean-std@C:PATH1,PATH2 (reward models
+    aggregated pessimistically, then Bradley-Terry) or maxmin:SPEC1;SPEC2 (user groups: each query batch weighs
+    the groups whose win-rate against the reference is lowest; maxmin:hedge@ETA:…, maxmin:argmin:…) or linear:DIR
+    (a fit-preference --model bt-linear|skew-bilinear fit)."""
     prompts: str
-    """Prompts: a local .jsonl / .json / .parquet / .csv file or a hub dataset id."""
+    """Prompts: a local .jsonl / .json / .parquet / .csv file, a directory written by datasets' save_to_disk, or a
+    hub dataset id."""
     solver: str
     """Solver (its own options are --<solver>.<option>)."""
     out: Path
@@ -39,7 +42,7 @@ class TrainConfig:
     prompt_column: str = "prompt"
     """Column holding the prompts (text, or a list of chat messages with 'role' and 'content')."""
     prompt_split: str = "train"
-    """Dataset split to read when --prompts is a hub id."""
+    """Dataset split to read when --prompts is a hub id or a saved DatasetDict."""
     max_prompts: int | None = None
     """Use only the first this many prompts of the file (default: all)."""
     heldout: int = 8
@@ -57,6 +60,11 @@ class TrainConfig:
     """K: responses sampled per prompt per round (solvers that compare pairs use K of them, or K pairs)."""
     prompts_per_round: int | None = None
     """Training prompts drawn (without replacement) per round; default: every training prompt."""
+    payoff: Literal["probability", "log-odds"] = "probability"
+    """What the game pays: the oracle's P(a ≻ b), or its log-odds log(P/(1 − P)) (under Bradley-Terry the
+    equilibrium is then the RLHF policy μ·exp(r/τ)/Z). log-odds is played as the equivalent probability game
+    ½ + c·log-odds at strength c·τ, with P clipped to [ε, 1 − ε] (ε of float32) and c = 1/(2 log((1 − ε)/ε))
+    ≈ 0.0314, recorded as payoff_scale in config.json (docs/theory.md)."""
     labels: Literal["exact", "bernoulli"] = "exact"
     """Preference signal given to the solver: the oracle's probability P(a ≻ b), or one Bernoulli 0/1 label."""
     epochs: int = 1
@@ -68,6 +76,9 @@ class TrainConfig:
     parts, so only one part's activations are in memory (the gradient is the same up to rounding)."""
     lr: float = 1e-6
     """Learning rate of AdamW."""
+    lr_decay: float = 1.0
+    """Multiply the learning rate by this after every iteration (iteration t trains at lr · lr_decay^(t−1));
+    1: constant. Below 1 it lets self-play settle instead of circling an intransitive preference's equilibrium."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     max_grad_norm: float | None = 1.0
@@ -132,6 +143,7 @@ class TrainConfig:
         for name in ("prompts_per_round", "max_prompts", "max_model_len"):
             integer(getattr(self, name), flag(name), 1, allow_none=True)
         number(self.lr, "--lr")
+        number(self.lr_decay, "--lr-decay", 0.0, 1.0)
         number(self.timeout, "--timeout")
         for name in ("weight_decay", "tau", "temperature"):
             number(getattr(self, name), flag(name), low_open=False)
@@ -140,6 +152,7 @@ class TrainConfig:
         for name in ("max_grad_norm", "sync_tolerance", "lora_alpha"):
             number(getattr(self, name), flag(name), allow_none=True)
         for name, allowed in {"sampler": ("auto", "vllm", "hf"), "labels": ("exact", "bernoulli"),
+                              "payoff": ("probability", "log-odds"),
                               "backend": ("auto", "single", "ddp", "fsdp"),
                               "dtype": ("auto", "float32", "bfloat16", "float16")}.items():
             choice(getattr(self, name), flag(name), allowed)
@@ -164,6 +177,10 @@ def make_solver(config: TrainConfig) -> Solver:
 def describe_config(config: TrainConfig, solver: Solver) -> dict:
     """The run's options as JSON (OUT/config.json), with the solver's options under ``solver_options``."""
     fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(TrainConfig)}
+    if config.payoff == "log-odds":
+        from nashpref.preferences.payoff import log_odds_scale
+
+        fields["payoff_scale"] = log_odds_scale()
     return jsonable(fields | {"solver_options": dataclasses.asdict(solver.config)})
 
 

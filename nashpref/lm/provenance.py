@@ -11,11 +11,9 @@ round, π_{t+1}'s for the held-out evaluation.
 
 from __future__ import annotations
 
+from nashpref.errors import StaleSamplesError
+
 __all__ = ["SampleLedger", "StaleSamplesError", "sample_backend"]
-
-
-class StaleSamplesError(RuntimeError):
-    """A round's samples came from other weights than the round's policy."""
 
 
 def sample_backend(sampler) -> str:

@@ -13,7 +13,8 @@ sampler (vLLM or transformers) and the oracle (a text preference) differ. The ru
 
 Checkpoints are the loop's own (``nashpref.lm.checkpoints``, written by the backend after every iteration);
 ``--resume`` continues from the last one and ends with the same weights as a run that was never interrupted
-(bit for bit on CPU). Everything that can be wrong with the input is found before ``OUT`` is touched and raised
+(bit for bit on CPU); workers that torchrun restarts (``--max-restarts``) resume by
+themselves. Everything that can be wrong with the input is found before ``OUT`` is touched and raised
 as one line (``nashpref.errors``).
 """
 
@@ -29,7 +30,7 @@ import torch
 
 from nashpref.errors import BadInput
 from nashpref.io import publish_directory, write_json, write_jsonl
-from nashpref.lm.backend.distributed import DistributedError, describe_failure
+from nashpref.lm.backend.distributed import DistributedError, describe_failure, restarted_by_torchrun
 from nashpref.lm.backend.single import SingleBackend
 from nashpref.lm.build import (check_out, check_prompts_fit, check_solver_options, load_policies, make_vllm_engine,
                                probe_oracle, sampler_kind, split_prompts)
@@ -74,6 +75,7 @@ class TrainHooks(Hooks):
         self.tracker = None                 # nashpref.tracking: every number of each row, per iteration
         self.sync = {"start": 0.0, "evaluation": 0.0}     # sync seconds at round start, during evaluation
         self.evaluation_seconds = 0.0
+        self.optimizer, self.lr, self.lr_decay = None, None, 1.0     # set by _train for a decaying lr
 
     def synced(self) -> float:
         """Seconds the sampler has spent syncing weights so far (0 for samplers that share the policy's)."""
@@ -84,6 +86,9 @@ class TrainHooks(Hooks):
             self.evaluator.start()          # π_t's and μ's responses, once the weights are restored
             self.started = True
         self.sync["start"] = self.synced()
+        if self.lr is not None:             # set per iteration, so a resumed run follows the same schedule
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.lr * self.lr_decay ** (iteration - 1)
         self.ledger.phase, self.round_step = "round", self.ledger.weights_step
 
     def evaluate(self, iteration: int) -> dict[str, float]:
@@ -155,6 +160,8 @@ def run_train(config: TrainConfig, solver: Solver | None = None, *, engine=None,
     ``config.out`` is touched.
     """
     require_lm_extra("train")
+    if restarted_by_torchrun():                 # torchrun --max-restarts: continue from the last checkpoint
+        config = dataclasses.replace(config, resume=True)
     config.validate()
     solver = solver if solver is not None else make_solver(config)
     check_solver_options(solver, config.tau, config.samples)
@@ -264,10 +271,15 @@ def _train(config, solver, policy, reference, oracle, sampler, train_rows, heldo
         sampler._held = None                # the next sync is labelled
     hooks = TrainHooks(out, evaluator, sampler, train_rows + heldout_rows, bar, rows, backend, ledger)
     hooks.tracker = tracker if backend.is_main else None
+    if config.lr_decay != 1.0:
+        hooks.optimizer, hooks.lr, hooks.lr_decay = optimizer, config.lr, config.lr_decay
+    from nashpref.preferences.payoff import game_oracle
+
+    played, tau = game_oracle(oracle, config.payoff, config.tau, reference, config.seed)   # --payoff, maxmin:
     with bar:
-        state = self_play(solver, policy, reference, oracle, optimizer, num_contexts=num_train,
+        state = self_play(solver, policy, reference, played, optimizer, num_contexts=num_train,
                           iterations=config.iterations, samples=config.samples, generator=generator,
-                          tau=config.tau, exact_labels=config.labels == "exact", epochs=config.epochs,
+                          tau=tau, exact_labels=config.labels == "exact", epochs=config.epochs,
                           minibatches=config.minibatches, contexts_per_round=config.prompts_per_round,
                           grad_accumulation=config.grad_accumulation, max_grad_norm=config.max_grad_norm,
                           backend=backend, hooks=hooks, checkpoints=out / CHECKPOINTS, resume=config.resume)

@@ -7,6 +7,6 @@ tabular game's exact oracle is ``nashpref.core.tabular.MatrixOracle``.
 
 from nashpref.preferences.base import REGISTRY, TextOracle, load_text_oracle, register
 from nashpref.preferences import reward, pairwise, judge, rule, python_hook  # noqa: F401,E402  (registers)
-from nashpref.preferences import combine  # noqa: F401,E402  (registers mix:, ensemble:)
+from nashpref.preferences import combine, linear, maxmin  # noqa: F401,E402  (mix:, ensemble:, linear:, maxmin:)
 
 __all__ = ["REGISTRY", "TextOracle", "register", "load_text_oracle"]

@@ -123,7 +123,7 @@ def register(cls: type[TextOracle]) -> type[TextOracle]:
 
 def load_text_oracle(spec: str, *, device: str | None = None, dtype: str = "auto") -> TextOracle:
     """An oracle from ``reward:PATH``, ``pairwise:PATH``, ``judge:PATH``, ``rule:NAME``, ``python:FILE.py:NAME``,
-    ``mix:W=SPEC;…``, ``ensemble:AGG:PATH,…`` (or any other registered
+    ``mix:W=SPEC;…``, ``ensemble:AGG:PATH,…``, ``maxmin:SPEC;…``, ``linear:DIR`` (or any other registered
     KIND); the kinds are registered when ``nashpref.preferences`` is imported."""
     kind, sep, arg = spec.partition(":")
     kinds = ", ".join(REGISTRY)

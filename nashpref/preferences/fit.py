@@ -1,4 +1,5 @@
-"""``nashpref fit-preference``: fit the ``pairwise:`` oracle's model by maximum likelihood on preference rows.
+"""``nashpref fit-preference``: fit the ``pairwise:`` oracle's model by maximum likelihood on preference rows
+(``--model bt-linear|skew-bilinear``: the linear models on frozen embeddings of ``nashpref.preferences.linear``).
 
 The model is the one :class:`nashpref.preferences.pairwise.PairwiseOracle` reads: a sequence classifier with one
 logit s(x, a, b) on the text ``format_pair`` builds, made antisymmetric by scoring both orders,
@@ -27,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nashpref.checks import integer, number
+from nashpref.checks import choice, integer, number
 from nashpref.errors import BadInput
 from nashpref.io import check_output_dir, jsonable, staged_output, write_json, write_jsonl
 
@@ -37,8 +38,9 @@ __all__ = ["FitPreferenceConfig", "FitResult", "PreferenceRows", "run_fit_prefer
 
 @dataclasses.dataclass
 class FitPreferenceConfig:
-    """Fit a pairwise preference model (what --preference pairwise:DIR loads) by maximum likelihood on
-    (prompt, a, b, label) rows. Writes DIR: the model and tokenizer, metrics.jsonl and fit.json."""
+    """Fit a preference model by maximum likelihood on (prompt, a, b, label) rows: a pairwise classifier (what
+    --preference pairwise:DIR loads; DIR: the model and tokenizer, metrics.jsonl, fit.json) or, with --model, a
+    linear BT / skew-bilinear model on the frozen base's embeddings (--preference linear:DIR)."""
 
     data: str
     """Rows: a local .jsonl / .json / .parquet / .csv file or a hub dataset id."""
@@ -76,6 +78,16 @@ class FitPreferenceConfig:
     """Weights' dtype: auto is bf16 on a GPU that supports it, else float32."""
     device: str | None = None
     """Torch device (default: cuda when available, else cpu)."""
+    model: Literal["pairwise", "bt-linear", "skew-bilinear"] = "pairwise"
+    """pairwise: fine-tune the base as a pairwise classifier (--preference pairwise:DIR). bt-linear /
+    skew-bilinear: keep the base frozen, embed each conversation (mean-pooled last hidden state, projected to
+    --feature-dim) and fit linear Bradley-Terry or the skew-symmetric bilinear (intransitive) model by ridge MLE;
+    DIR keeps the fit and its design covariance Σ (--preference linear:DIR). --epochs and --lr do not apply."""
+    ridge: float = 1.0
+    """[bt-linear, skew-bilinear] Ridge λ of the MLE (Σ = λI + Σ z zᵀ)."""
+    feature_dim: int = 16
+    """[bt-linear, skew-bilinear] k: the hidden state is projected to k dimensions by a seeded Gaussian matrix
+    (0: the full hidden state). skew-bilinear has k(k − 1)/2 parameters."""
 
 
 @dataclasses.dataclass
@@ -118,6 +130,9 @@ def validate_config(config: FitPreferenceConfig) -> None:
         integer(getattr(config, name), "--" + name.replace("_", "-"))
     number(config.lr, "--lr")
     number(config.weight_decay, "--weight-decay", low_open=False)
+    number(config.ridge, "--ridge")
+    integer(config.feature_dim, "--feature-dim", 0)
+    choice(config.model, "--model", ("pairwise", "bt-linear", "skew-bilinear"))
     if not (isinstance(config.validation, (int, float)) and 0 <= config.validation < 1):
         raise BadInput(f"--validation must be in [0, 1), got {config.validation!r}")
 
@@ -236,6 +251,8 @@ def run_fit_preference(config: FitPreferenceConfig) -> FitResult:
     held = round(config.validation * len(data)) if len(data) > 1 else 0
     held = max(held, 1) if config.validation > 0 and len(data) > 1 else held
     train, validation = data.subset(sorted(order[held:])), data.subset(sorted(order[:held])) if held else None
+    if config.model != "pairwise":
+        return _run_linear(config, train, validation)
     model, tokenizer = load_base(config)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
                                   weight_decay=config.weight_decay)
@@ -273,4 +290,17 @@ def run_fit_preference(config: FitPreferenceConfig) -> FitResult:
                                           "train_rows": len(train),
                                           "validation_rows": 0 if validation is None else len(validation),
                                           "final": rows[-1]})
+    return FitResult(rows=rows, out=config.out)
+
+
+def _run_linear(config: FitPreferenceConfig, train: PreferenceRows, validation: PreferenceRows | None) -> FitResult:
+    from nashpref.preferences.linear import fit_rows, save_linear
+
+    model, rows = fit_rows(config, train, validation)
+    with staged_output(config.out) as staging:
+        write_jsonl(staging / "metrics.jsonl", rows)
+        save_linear(staging, model, config.base, {"config": jsonable(dataclasses.asdict(config)),
+                                                  "train_rows": len(train),
+                                                  "validation_rows": 0 if validation is None else len(validation),
+                                                  "final": rows[-1]})
     return FitResult(rows=rows, out=config.out)

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from nashpref.core.game import PreferenceGame
 from nashpref.errors import BadInput
+from nashpref.solvers.base import Solver
 
 
 def anchored_game(game: PreferenceGame, log_anchor: Tensor, tau: float) -> PreferenceGame:
@@ -88,3 +89,13 @@ class Anchor:
 
     def load_state_dict(self, state: dict) -> None:
         self.rounds, self._saved, self.policy = state["rounds"], state["policy"], None
+
+
+class AnchoredSolver(Solver):
+    """The shared class settings of COMAL and MPO: the last iterate heads to the τ = 0 equilibrium, and the
+    anchor is state that checkpoints must keep."""
+
+    iterate = "last"
+    needs_tau = False
+    stateful = True
+    min_samples = 2

@@ -47,8 +47,8 @@ from torch import Tensor
 
 from nashpref.core.equilibrium import _newton, extragradient_step, solve_equilibrium
 from nashpref.core.game import PreferenceGame
-from nashpref.solvers.anchor import Anchor, ExactAnchor, anchored_game, check_count
-from nashpref.solvers.base import Batch, Policy, Round, Solver, SolverConfig, register
+from nashpref.solvers.anchor import Anchor, AnchoredSolver, ExactAnchor, anchored_game, check_count
+from nashpref.solvers.base import Batch, Policy, Round, SolverConfig, register
 from nashpref.solvers.checks import check_number
 from nashpref.solvers.inpo import default_eta, pair_batch, pair_loss
 
@@ -96,13 +96,9 @@ class Config(SolverConfig):
 
 
 @register
-class COMAL(Solver):
+class COMAL(AnchoredSolver):
     name = "comal"
     Config = Config
-    iterate = "last"
-    needs_tau = False
-    stateful = True
-    min_samples = 2
     # tests/test_comal.py: weighted-rps, seed 0: last-iterate Gap₀ 0.003 after 3000 rounds (it wanders between
     # 0.002 and 0.08 along the way: Adam's constant step leaves a noise floor that each anchor refresh inherits)
     # K = 64 with each distinct pair asked once (≤ N(N−1)/2 queries a round): rare actions keep being sampled

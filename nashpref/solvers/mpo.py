@@ -16,8 +16,14 @@ converges to an equilibrium of the **unregularised** game. This is the paper's c
 also on games whose equilibrium has partial support (tests/test_mpo.py). The rate is linear but slow, because every
 outer step costs ``period`` mirror steps. With the defaults (α = 0.1, period 50, 20 000 steps), the fitted rate of
 Gap₀ per step is 0.9925 on weighted-rps (≤ 1e-6 from step 1721) and 0.9994 on a random N = 8 game with 5 of 8
-actions in the support (≤ 1e-6 from step 19 562). On egpo-random the worst context is still at 0.026 after 20 000
-steps: there the proximal steps at strength α = 0.1 are themselves slow (COMAL needs > 400 of them at τ = 0.05).
+actions in the support (≤ 1e-6 from step 19 562). On egpo-random the worst context (context 4: 7 actions in the
+support, the smallest at weight 2.8e-3) is still at 0.027 after 20 000 steps and holds Gap₀ ≤ 1e-2 only from step
+196 370. That is the rate, not a poor default: near π* the dynamics move along A scaled by √π*, so small
+equilibrium weights make slow modes. A proximal step at strength α shrinks a mode of frequency λ by about
+1 − λ²/(2α²) and the inner MMD loop needs about 1/(4α²) steps per proximal step (η' = α/(α² + ¼)), so the steps
+per e-fold, ≈ 1/(2λ²), do not depend on α. Measured with 20 000 steps: α ∈ {0.02, 0.05, 0.1, 0.2} with periods
+50–1000 end at a worst-context Gap₀ of 0.018–0.12, and on context 4 alone mirror steps η' up to 10× the default
+(α = 0.1, 0.3) end at 0.025–0.037; none reaches 1e-2, so the defaults stay. COMAL with exact (Newton) inner solves does not pay the 1/(4α²) and reaches it in 29 outer steps.
 Without refreshes (period → ∞) the last iterate stops at the α-regularised equilibrium (Gap₀ 0.083 on
 weighted-rps). MPO ignores the game's τ; α is its own option.
 
@@ -43,8 +49,8 @@ import torch
 from torch import Tensor
 
 from nashpref.core.game import PreferenceGame
-from nashpref.solvers.anchor import Anchor, ExactAnchor, anchored_game, check_count
-from nashpref.solvers.base import Batch, Policy, Round, Solver, SolverConfig, register
+from nashpref.solvers.anchor import Anchor, AnchoredSolver, ExactAnchor, anchored_game, check_count
+from nashpref.solvers.base import Batch, Policy, Round, SolverConfig, register
 from nashpref.solvers.checks import check_number, require_samples
 from nashpref.solvers.inpo import default_eta
 from nashpref.solvers.spo import kl_policy_gradient_loss, leave_one_out_win_rates
@@ -79,13 +85,9 @@ class Config(SolverConfig):
 
 
 @register
-class MPO(Solver):
+class MPO(AnchoredSolver):
     name = "mpo"
     Config = Config
-    iterate = "last"
-    needs_tau = False
-    stateful = True
-    min_samples = 2
     # tests/test_mpo.py: weighted-rps, seed 0: last-iterate Gap₀ 0.003 after 3000 rounds (between 0.001 and 0.08
     # along the way, as for COMAL)
     # Covered, centred, distinct rounds: one SGD step of lr η/(1+ηα) = α/(α²+¼) ≈ 0.385 (the defaults) is the MMD

@@ -25,6 +25,18 @@ def sigmoid_pair(logits: Tensor) -> Tensor:
 
 
 @dataclass(frozen=True)
+class GameShape:
+    """The size of a random linear game: C contexts of N actions with d-dimensional features."""
+
+    contexts: int = 5
+    """Contexts C."""
+    actions: int = 8
+    """Actions N per context."""
+    dim: int = 4
+    """Feature dimension d."""
+
+
+@dataclass(frozen=True)
 class LinearBandit:
     phi: Tensor     # (C, N, d)
     mu: Tensor      # (C, N)

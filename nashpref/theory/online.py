@@ -25,7 +25,7 @@ from torch import Tensor
 
 from nashpref.core.equilibrium import solve_equilibrium
 from nashpref.core.game import DTYPE
-from nashpref.theory.bandit import LinearBandit, random_bandit, random_skew
+from nashpref.theory.bandit import GameShape, LinearBandit, random_bandit, random_skew
 from nashpref.theory.enhancer import enhancer
 from nashpref.theory.mle import LogisticFit, Pairs, fit_bt, fit_skew, sample_pairs, skew_from_vector
 
@@ -95,16 +95,10 @@ def run_online(bandit: LinearBandit, truth: Tensor, config: OnlineConfig, genera
 
 # ---- the experiment: random linear games, many seeds ------------------------------------------------------------
 @dataclass(frozen=True)
-class InstanceSpec:
+class InstanceSpec(GameShape):
     """How each seed's game is drawn: φ ~ N(0, I/d), μ = softmax(reference_scale·N(0, 1)) (a large scale gives a
     reference that covers a few actions only), truth θ ~ truth_scale·N(0, I) or A = truth_scale·(G − Gᵀ)/√2."""
 
-    contexts: int = 5
-    """Contexts C."""
-    actions: int = 8
-    """Actions N per context."""
-    dim: int = 4
-    """Feature dimension d."""
     tau: float = 0.05
     """KL strength τ > 0."""
     reference_scale: float = 3.0

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from nashpref.core.game import DTYPE
-from nashpref.theory.bandit import LinearBandit, random_bandit
+from nashpref.theory.bandit import GameShape, LinearBandit, random_bandit
 from nashpref.theory.enhancer import uncertainty
 from nashpref.theory.mle import LogisticFit, Pairs, fit_bt, sample_pairs
 
@@ -77,18 +77,12 @@ def offline_values(bandit: LinearBandit, theta: Tensor, pairs: Pairs, behaviour:
 
 # ---- the experiment: offline data from a narrow behaviour policy --------------------------------------------------
 @dataclass(frozen=True)
-class OfflineSpec:
+class OfflineSpec(GameShape):
     """Each seed's instance: φ ~ N(0, I/d), μ uniform, θ ~ truth_scale·N(0, I), and a behaviour policy
     ν = softmax(skill·z(r) + noise·N(0, 1)) (z: the rewards standardised) that leans towards good actions and
     covers few: the usual offline RLHF data, drawn from a decent but narrow model. ``pairs`` comparisons
     (x uniform, a, b ~ ν)."""
 
-    contexts: int = 5
-    """Contexts C."""
-    actions: int = 8
-    """Actions N per context."""
-    dim: int = 4
-    """Feature dimension d."""
     tau: float = 0.02
     """KL strength τ > 0."""
     truth_scale: float = 1.0

@@ -19,12 +19,13 @@ class LLMBenchConfig:
     per iteration; OUT/results.json, OUT/README.md, OUT/gap.png, OUT/league.png); raters: the earlier race under
     rule:raters (OUT/llm.png). Finished runs in OUT/runs are reused, so a killed benchmark resumes."""
 
-    preset: Literal["quick", "full", "raters"] = "quick"
-    """quick: 1 seed × 12 iterations (≤ 10 min on 2 idle CPU cores); full: 3 seeds × 30 iterations; raters: the
-    earlier rule:raters race (μ near its equilibrium)."""
+    preset: Literal["quick", "full", "pairwise", "raters"] = "quick"
+    """quick: 1 seed × 16 iterations (≤ 10 min on 2 CPU cores); full: 3 seeds × 16 iterations (reuses quick's
+    runs); pairwise: the open-ended race under a learned pairwise classifier (OUT/win-rate.png), 1 seed;
+    raters: the earlier rule:raters race (μ near its equilibrium)."""
     out: Path | None = None
     """Output directory: setup/ (the model and prompts), runs/ (one training run per method and seed), and the
-    report. Default: bench/llm (quick, full), bench/llm-raters (raters)."""
+    report. Default: bench/llm (quick, full), bench/llm-pairwise (pairwise), bench/llm-raters (raters)."""
     size: Literal["tiny", "small", "base"] = "tiny"
     """tiny: a 64-wide 2-layer Llama, 0.3–7 s per iteration on a 2-core CPU (the default run took 19.5 min there);
     small (256 wide, 4 layers) and base (512 wide, 8 layers): more prompts, samples and iterations, for a GPU."""
@@ -38,6 +39,9 @@ class LLMBenchConfig:
     """Responses per prompt per iteration (default: the size's)."""
     lr: float | None = None
     """AdamW learning rate (default: the size's)."""
+    lr_decay: float | None = None
+    """quick / full: multiply the learning rate by this after every iteration (default: the preset's, 2e-3 down
+    to 2e-4 over 16 iterations)."""
     tau: float = 0.1
     """KL-regularisation strength τ of the game."""
     max_new_tokens: int | None = None
@@ -70,8 +74,9 @@ class Budget:
 
 def resolve_defaults(config: LLMBenchConfig) -> LLMBenchConfig:
     """``out`` and ``seeds`` filled in from the preset."""
-    out = config.out or Path("bench/llm-raters" if config.preset == "raters" else "bench/llm")
-    seeds = config.seeds or ((0,) if config.preset == "quick" else (0, 1, 2))
+    out = config.out or Path({"raters": "bench/llm-raters", "pairwise": "bench/llm-pairwise"}.get(config.preset,
+                                                                                                  "bench/llm"))
+    seeds = config.seeds or ((0,) if config.preset in ("quick", "pairwise") else (0, 1, 2))
     return replace(config, out=out, seeds=seeds)
 
 
@@ -99,6 +104,8 @@ def validate(config: LLMBenchConfig) -> None:
         raise BadInput(f"--samples {config.samples}: self-play needs ≥ 2 responses per prompt")
     if config.lr is not None and not config.lr > 0:
         raise BadInput(f"--lr {config.lr}: must be > 0")
+    if config.lr_decay is not None and not 0 < config.lr_decay <= 1:
+        raise BadInput(f"--lr-decay {config.lr_decay}: must be in (0, 1]")
     if not config.tau > 0:
         raise BadInput(f"--tau {config.tau}: must be > 0")
     if config.out.exists() and not config.out.is_dir():

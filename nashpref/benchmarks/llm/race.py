@@ -15,11 +15,7 @@ against every other in the class game (exact, since the oracle reads only the cl
 
 from __future__ import annotations
 
-import datetime
 import json
-import os
-import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,7 +24,8 @@ import torch
 
 from nashpref.benchmarks.llm.classgame import ORACLE, ClassGame, class_shares
 from nashpref.benchmarks.llm.config import LLMBenchConfig
-from nashpref.benchmarks.llm.setup import SIZES, build_setup
+from nashpref.benchmarks.llm.runs import run_dir, start_output, train_each
+from nashpref.benchmarks.llm.setup import build_setup
 from nashpref.errors import BadInput
 from nashpref.io import atomic_write, read_jsonl, write_json
 
@@ -45,19 +42,28 @@ class RaceBudget:
     iterations: int
     samples: int
     lr: float
+    lr_decay: float
     heldout: int
     eval_samples: int
     max_new_tokens: int
 
 
-PRESETS = {"quick": RaceBudget(iterations=12, samples=4, lr=2e-3, heldout=16, eval_samples=8, max_new_tokens=24),
-           "full": RaceBudget(iterations=30, samples=4, lr=2e-3, heldout=16, eval_samples=16, max_new_tokens=24)}
+# lr 2e-3 decaying to 2e-4 over 16 iterations: at a constant lr, Adam's iterates circle π* with a growing radius
+# (and overshoot into "plain"); the decay lets them settle (bench/llm/README.md has the tuning runs)
+DECAY = 0.1 ** (1 / 15)
+PRESETS = {"quick": RaceBudget(iterations=16, samples=4, lr=2e-3, lr_decay=DECAY, heldout=16, eval_samples=8,
+                               max_new_tokens=24),
+           "full": RaceBudget(iterations=16, samples=4, lr=2e-3, lr_decay=DECAY, heldout=16, eval_samples=8,
+                              max_new_tokens=24),     # the same runs as quick, more seeds: full reuses quick's
+           "pairwise": RaceBudget(iterations=12, samples=4, lr=2e-3, lr_decay=0.1 ** (1 / 11), heldout=16,
+                                  eval_samples=8, max_new_tokens=24)}
 
 
 def resolve_race_budget(config: LLMBenchConfig) -> RaceBudget:
     base = PRESETS[config.preset]
     return RaceBudget(iterations=config.iterations or base.iterations, samples=config.samples or base.samples,
-                      lr=config.lr or base.lr, heldout=base.heldout,
+                      lr=config.lr or base.lr,
+                      lr_decay=config.lr_decay if config.lr_decay is not None else base.lr_decay, heldout=base.heldout,
                       eval_samples=config.eval_samples or base.eval_samples,
                       max_new_tokens=config.max_new_tokens or base.max_new_tokens)
 
@@ -101,16 +107,14 @@ def race_class_game(setup: Path, budget: RaceBudget, config: LLMBenchConfig) -> 
 
 
 # ---- runs --------------------------------------------------------------------------------------------------------
-def run_dir(config: LLMBenchConfig, method: str, seed: int) -> Path:
-    return config.out / "runs" / method / f"seed-{seed}"
-
-
-def race_train_config(config: LLMBenchConfig, budget: RaceBudget, setup: Path, method: str, seed: int, kind: str):
+def race_train_config(config: LLMBenchConfig, budget: RaceBudget, setup: Path, method: str, seed: int, kind: str,
+                      oracle: str = ORACLE):
     from nashpref.lm.config import TrainConfig
 
-    return TrainConfig(policy=str(setup / "policy"), preference=ORACLE, prompts=str(setup / "prompts-train.jsonl"),
+    return TrainConfig(policy=str(setup / "policy"), preference=oracle, prompts=str(setup / "prompts-train.jsonl"),
                        solver=method, out=run_dir(config, method, seed), heldout=budget.heldout, tau=config.tau,
-                       sampler=kind, iterations=budget.iterations, samples=budget.samples, lr=budget.lr, seed=seed,
+                       sampler=kind, iterations=budget.iterations, samples=budget.samples, lr=budget.lr,
+                       lr_decay=budget.lr_decay, seed=seed,
                        max_new_tokens=budget.max_new_tokens, eval_samples=budget.eval_samples, device=config.device,
                        resume=True)
 
@@ -124,40 +128,25 @@ def class_scorer(game: ClassGame):
 
 
 def race_rows(metrics: list[dict]) -> list[dict]:
-    """The results rows of one run: seconds count training only (the held-out evaluation is taken out)."""
+    """The results rows of one run: seconds count training only (the held-out evaluation is taken out); the class
+    columns when the run was scored by ``class_scorer``."""
     rows, evaluation = [], 0.0
     for row in metrics:
         evaluation += row["evaluation_seconds"]
-        rows.append({"iteration": row["iteration"], "class_gap": row["class_gap"], "kl": row["kl_to_reference"],
-                     "win_rate_vs_reference": row["win_rate_vs_reference"], "seconds": row["seconds"] - evaluation,
-                     "class_shares": row["class_shares"]})
+        rows.append({"iteration": row["iteration"]} | {k: row[k] for k in ("class_gap",) if k in row}
+                    | {"kl": row["kl_to_reference"], "win_rate_vs_reference": row["win_rate_vs_reference"],
+                       "seconds": row["seconds"] - evaluation}
+                    | {k: row[k] for k in ("class_shares",) if k in row})
     return rows
 
 
-def train_race(config: LLMBenchConfig, budget: RaceBudget, setup: Path, game: ClassGame,
-               kind: str) -> tuple[dict, list]:
-    """Every (method, seed), methods interleaved within a seed; a finished run is reused."""
-    from tqdm import tqdm
-
-    from nashpref.lm.trainer import run_train
-
-    runs, reused = {}, []
-    jobs = [(m, s) for s in config.seeds for m in config.methods]
-    with tqdm(total=len(jobs), desc="runs", unit="run", file=sys.stderr, disable=not config.progress or None,
-              dynamic_ncols=True) as bar:
-        for method, seed in jobs:
-            out = run_dir(config, method, seed)
-            metrics = out / "metrics.jsonl"
-            done = (out / "final").is_dir() and metrics.exists() and len(read_jsonl(metrics)) >= budget.iterations
-            if done:
-                reused.append(f"{method}/seed-{seed}")
-            else:
-                bar.set_postfix_str(f"{method} seed {seed}")
-                run_train(race_train_config(config, budget, setup, method, seed, kind), progress=config.progress,
-                          score=class_scorer(game))
-            runs[f"{method}/seed-{seed}"] = race_rows(read_jsonl(metrics)[:budget.iterations])
-            bar.update()
-    return runs, reused
+def train_race(config: LLMBenchConfig, budget: RaceBudget, setup: Path, kind: str, score=None,
+               oracle: str = ORACLE) -> tuple[dict, list]:
+    """Every (method, seed) (see :func:`runs.train_each`), as race rows. ``score``: the trainer's extra held-out
+    metrics."""
+    rows, reused = train_each(config, budget.iterations, lambda method, seed: race_train_config(
+        config, budget, setup, method, seed, kind, oracle), score=score)
+    return {f"{m}/seed-{s}": race_rows(r[:budget.iterations]) for (m, s), r in rows.items()}, reused
 
 
 def league(config: LLMBenchConfig, game: ClassGame, runs: dict) -> dict:
@@ -185,15 +174,11 @@ def run_race(config: LLMBenchConfig, command: str | None = None) -> Path:
     budget = resolve_race_budget(config)
     if budget.samples < 2:
         raise BadInput(f"--samples {budget.samples}: self-play needs ≥ 2 responses per prompt")
-    started, load_before = time.perf_counter(), os.getloadavg()[0]
-    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    started, load_before, date = start_output(config)
     out = config.out
-    out.mkdir(parents=True, exist_ok=True)
-    if config.fresh and (out / "runs").exists():
-        shutil.rmtree(out / "runs")
     setup = build_race_setup(config)
     game = race_class_game(setup, budget, config)
-    runs, reused = train_race(config, budget, setup, game, "hf")
+    runs, reused = train_race(config, budget, setup, "hf", class_scorer(game))
     setup_info = json.loads((setup / "setup.json").read_text(encoding="utf-8"))
     meta = {"command": command or f"nashpref bench llm --preset {config.preset}", "date": date,
             "load_before": load_before, "seconds": time.perf_counter() - started, "sampler": "hf",

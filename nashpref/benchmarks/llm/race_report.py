@@ -11,6 +11,8 @@ from nashpref.benchmarks.stats import format_ci, mean_ci
 from nashpref.io import atomic_write
 
 TARGET_FACTOR = 5.0
+PALETTE = [f"tab:{c}" for c in ("blue", "orange", "green", "red", "purple", "brown", "pink", "gray", "olive",
+                                "cyan")] + ["black", "gold", "navy", "lime"]       # 14 methods, no colour twice
 
 
 def summary(results: dict) -> dict:
@@ -23,6 +25,8 @@ def summary(results: dict) -> dict:
         table[method] = {
             "final_gap": final, "best_gap": [min(r["class_gap"] for r in rows) for rows in runs],
             "kl": [rows[-1]["kl"] for rows in runs],
+            "exploitability": [exploitability(results["class_game"]["matrix"], rows[-1]["class_shares"])
+                               for rows in runs],
             "win_rate_vs_reference": [rows[-1]["win_rate_vs_reference"] for rows in runs],
             "reduction": reference / max(mean_ci(final)[0], 1e-12),
             "shares": [sum(rows[-1]["class_shares"][k] for rows in runs) / len(runs) for k in range(3)],
@@ -30,9 +34,17 @@ def summary(results: dict) -> dict:
     return table
 
 
+def exploitability(matrix: list[list[float]], shares: list[float]) -> float:
+    """max_k P(k ≻ s) − ½: the unregularised (τ = 0) game's gap of the class shares s (its equilibrium is
+    uniform here), the target of the solvers that ignore τ (SPPO, DNO, COMAL, SPO, MPO)."""
+    return max(sum(m * x for m, x in zip(row, shares)) for row in matrix) - 0.5
+
+
 def race_markdown(results: dict) -> str:
     meta, game, budget = results["meta"], results["class_game"], results["budget"]
     table = summary(results)
+    decay = budget.get("lr_decay", 1.0)
+    last_lr = budget["lr"] * decay ** (budget["iterations"] - 1)
     shares = lambda p: " / ".join(f"{x:.2f}" for x in p)        # noqa: E731
     lines = ["# Known-answer LLM race: every solver against iterative DPO under a sharp style cycle", "",
              f"`{meta['command']}` — {meta['date']}, {meta['seconds'] / 60:.1f} min (load average "
@@ -49,17 +61,19 @@ def race_markdown(results: dict) -> str:
              f"| π* (class-game equilibrium) | {shares(game['equilibrium'])} | 0 |",
              f"| Bradley–Terry/Gibbs fixed point | {shares(game['bt_gibbs'])} | {game['bt_gibbs_gap']:.3f} |", "",
              f"Budget per run: {budget['iterations']} iterations, {budget['samples']} responses per training "
-             f"prompt, AdamW lr {budget['lr']:g}, ≤ {budget['max_new_tokens']} new tokens, every solver at its "
+             f"prompt, AdamW lr {budget['lr']:g} at iteration 1, × {decay:.4g} after each (iteration "
+             f"{budget['iterations']}: {last_lr:.2g}), "
+             f"≤ {budget['max_new_tokens']} new tokens, every solver at its "
              f"default options; seeds {results['seeds']}. After every iteration: {budget['heldout']} held-out "
              f"prompts (drawn per seed, never trained on) × {budget['eval_samples']} responses. Intervals: 95% "
              "Student-t over seeds.", "",
              f"| method | final class gap | × less than μ's (target ≥ {TARGET_FACTOR:g}) | best gap on the way | "
-             "KL(π‖μ) | win-rate vs μ | classes warm / cold / plain | s / iteration |",
-             "|---|---|---|---|---|---|---|---|"]
+             "exploitability (τ = 0) | KL(π‖μ) | win-rate vs μ | classes warm / cold / plain | s / iteration |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for method, row in table.items():
         met = "**" if row["reduction"] >= TARGET_FACTOR else ""
         lines.append(f"| {method} | {format_ci(row['final_gap'])} | {met}{row['reduction']:.1f}×{met} | "
-                     f"{format_ci(row['best_gap'])} | {format_ci(row['kl'], 2)} | "
+                     f"{format_ci(row['best_gap'])} | {format_ci(row['exploitability'])} | {format_ci(row['kl'], 2)} | "
                      f"{format_ci(row['win_rate_vs_reference'])} | {shares(row['shares'])} | "
                      f"{row['seconds_per_iteration']:.2f} |")
     lines += ["", "![gap per iteration](gap.png)", "", "## League (class-level win-rates of the final policies)",
@@ -72,6 +86,8 @@ def race_markdown(results: dict) -> str:
     lines += ["", "![league](league.png)", "", "## Columns", "",
               "- *class-game gap*: the exact τ-regularised duality gap, in the class game, of the class shares of "
               "the policy's held-out responses; 0 only at π*.",
+              "- *exploitability (τ = 0)*: max over classes k of P(k ≻ π) − ½, the unregularised game's gap "
+              "(equilibrium: ⅓ each); SPPO, DNO, COMAL, SPO and MPO solve that game and ignore τ.",
               "- *KL(π‖μ)*: the exact per-token KL summed along held-out responses of π.",
               "- *win-rate vs μ*: mean oracle P(π's response ≻ μ's response) over all pairs per held-out prompt.",
               "- *s / iteration*: training seconds (sampling, judging, the optimizer step; no evaluation) per "
@@ -93,7 +109,7 @@ def plot_gap(results: dict, path: Path) -> None:
     game = results["class_game"]
     figure = Figure(figsize=(15, 6), layout="constrained")
     left, right = figure.subplots(1, 2, width_ratios=(1.4, 1))
-    colors = {m: f"C{i % 10}" for i, m in enumerate(results["methods"])}
+    colors = {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(results["methods"])}
     for method in results["methods"]:
         runs = [results["runs"][method][str(s)] for s in results["seeds"]]
         steps = [0] + [r["iteration"] for r in runs[0]]

@@ -23,12 +23,8 @@ Means over seeds carry 95% Student-t intervals (the report and the plot are in `
 
 from __future__ import annotations
 
-import datetime
 import json
-import os
 import random
-import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,6 +33,7 @@ import torch
 
 from nashpref.benchmarks.llm.config import Budget, LLMBenchConfig, resolve_budget, resolve_defaults, validate
 from nashpref.benchmarks.llm.report import BASELINE, ORACLE, machine, plot, report, summarise
+from nashpref.benchmarks.llm.runs import run_dir, start_output, train_each
 from nashpref.benchmarks.llm.setup import build_setup, describe_responses, styled_response
 from nashpref.errors import BadInput
 from nashpref.io import atomic_write
@@ -53,36 +50,10 @@ def train_config(config: LLMBenchConfig, budget: Budget, setup: Path, method: st
                        max_new_tokens=budget.max_new_tokens, device=config.device, resume=True)
 
 
-def run_dir(config: LLMBenchConfig, method: str, seed: int) -> Path:
-    return config.out / "runs" / method / f"seed-{seed}"
-
-
 def train_all(config: LLMBenchConfig, budget: Budget, setup: Path, kind: str, engine) -> tuple[dict, list]:
-    """Train every (method, seed), methods interleaved within a seed so their timings are taken side by side.
-    A run whose final/ exists is reused (``run_train`` resumes a partial one from its checkpoint)."""
-    from tqdm import tqdm
-
-    from nashpref.lm.trainer import run_train
-
-    rows: dict[tuple[str, int], list[dict]] = {}
-    reused = []
-    jobs = [(m, s) for s in config.seeds for m in config.methods]
-    with tqdm(total=len(jobs), desc="runs", unit="run", file=sys.stderr, disable=not config.progress or None,
-              dynamic_ncols=True) as bar:
-        for method, seed in jobs:
-            out = run_dir(config, method, seed)
-            metrics = out / "metrics.jsonl"
-            finished = (out / "final").is_dir() and metrics.exists() and \
-                len(metrics.read_text(encoding="utf-8").splitlines()) >= budget.iterations
-            if finished:
-                reused.append(f"{method}/seed-{seed}")
-            else:
-                bar.set_postfix_str(f"{method} seed {seed}")
-                run_train(train_config(config, budget, setup, method, seed, kind), engine=engine,
-                          progress=config.progress)
-            rows[(method, seed)] = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines()]
-            bar.update()
-    return rows, reused
+    """Train every (method, seed) of the raters preset; see :func:`runs.train_each`."""
+    return train_each(config, budget.iterations,
+                      lambda method, seed: train_config(config, budget, setup, method, seed, kind), engine=engine)
 
 
 # ---- evaluation ------------------------------------------------------------------------------------------------
@@ -248,18 +219,18 @@ def run_bench_llm(config: LLMBenchConfig, command: str | None = None) -> Path:
     """Build or reuse the setup, train every method and seed, score them; returns the report's path."""
     config = resolve_defaults(config)
     validate(config)
+    if config.preset == "pairwise":
+        from nashpref.benchmarks.llm.pairwise_race import run_pairwise
+
+        return run_pairwise(config, command)
     if config.preset != "raters":
         from nashpref.benchmarks.llm.race import run_race
 
         return run_race(config, command)
     budget = resolve_budget(config)
     kind = sampler_kind(config)
-    started, load_before = time.perf_counter(), os.getloadavg()[0]
-    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    started, load_before, date = start_output(config)
     out = config.out
-    out.mkdir(parents=True, exist_ok=True)
-    if config.fresh and (out / "runs").exists():
-        shutil.rmtree(out / "runs")
     setup = build_setup(out / "setup", config.size, config.setup_seed)
     setup_info = json.loads((setup / "setup.json").read_text(encoding="utf-8"))
     engine = None

@@ -189,9 +189,7 @@ def race_row(game: PreferenceGame, solver: Solver, run: ExactRun, seconds: float
     ``per_iteration`` (sampled mode) is the queries per context and iteration; the queries spent up to an
     iteration are read from its row (they need not grow evenly: ONPO's first round queries less)."""
     rows = run.metrics
-
-    def spent(iteration: int) -> float:
-        return rows[iteration - 1]["queries"] / game.num_contexts
+    spent = lambda iteration: rows[iteration - 1]["queries"] / game.num_contexts    # noqa: E731
 
     def reach(key: str) -> dict:
         out = {}

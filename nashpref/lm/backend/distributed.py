@@ -14,6 +14,7 @@ With one process (no torchrun) every helper degrades to the identity, so the sam
 from __future__ import annotations
 
 import os
+import re
 from datetime import timedelta
 from typing import Sequence, TypeVar
 
@@ -24,8 +25,9 @@ from nashpref.errors import BadInput, NashprefError
 
 T = TypeVar("T")
 
-__all__ = ["DistributedError", "launched_by_torchrun", "init_from_env", "rank", "world_size", "shard_bounds",
-           "shard_items", "reduce_sum", "reduce_mean", "gather_rows", "broadcast_object", "describe_failure"]
+__all__ = ["DistributedError", "launched_by_torchrun", "restarted_by_torchrun", "init_from_env", "rank", "world_size",
+           "shard_bounds", "shard_items", "reduce_sum", "reduce_mean", "gather_rows", "broadcast_object",
+           "describe_failure"]
 
 DEFAULT_TIMEOUT = 600.0
 
@@ -37,6 +39,12 @@ class DistributedError(NashprefError):
 def launched_by_torchrun() -> bool:
     """True when torchrun (or another launcher with the same environment contract) started this process."""
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ
+
+
+def restarted_by_torchrun() -> bool:
+    """True in the workers torchrun starts again after a failure (``--max-restarts``): their run must continue
+    from its last checkpoint rather than start over."""
+    return launched_by_torchrun() and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
 
 
 def init_from_env(device: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> torch.device:
@@ -56,8 +64,25 @@ def init_from_env(device: str | None = None, timeout: float = DEFAULT_TIMEOUT) -
         os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
     if not dist.is_initialized():
         options = {"device_id": target} if cuda else {}
+        store = _restart_store(timeout)
+        if store is not None:
+            options |= {"store": store, "rank": int(os.environ["RANK"]), "world_size": int(os.environ["WORLD_SIZE"])}
         dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout), **options)
     return target
+
+
+def _restart_store(timeout: float):
+    """After a torchrun restart, the agent's store under a key prefix of its own, else None (the default store).
+
+    torchrun's agent keeps one store for all attempts (TORCHELASTIC_USE_AGENT_STORE), so restarted ranks would
+    read the dead ranks' gloo/nccl addresses and fail to connect (pytorch issue 135712). Keyed by the restart
+    count, which every agent advances together when a worker fails."""
+    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    if restart == 0 or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    shared = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), int(os.environ["WORLD_SIZE"]),
+                           is_master=False, timeout=timedelta(seconds=timeout))
+    return dist.PrefixStore(f"nashpref/restart-{restart}", shared)
 
 
 def rank() -> int:
@@ -139,5 +164,6 @@ def describe_failure(exc: BaseException) -> str | None:
     if not isinstance(exc, (RuntimeError, OSError, ConnectionError)) or not any(m in text for m in markers):
         return None
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    first = re.sub(r"^\[[^\]]*:\d+\]\s*", "", first)        # gloo's "[.../pair.cc:553] " source location
     return (f"rank {rank()}: a collective with the other ranks failed (a rank died, or stopped answering within "
             f"the timeout): {first[:200]}")

@@ -179,6 +179,9 @@ class FSDPBackend(DataParallelBackend):
         cannot (each of its forwards is a collective)."""
         model = _module(policy)
         model.to(self.device)
+        lora = any(not p.requires_grad for p in model.parameters())
+        if self.device.type == "cuda" and lora:
+            model.float()                   # the base is shared with the copy and the reference: one dtype
         if model is not policy and hasattr(policy, "frozen"):
             attach_twin(policy, self)       # in the dtype the model was loaded in (bf16 on a GPU)
         if self.device.type == "cuda":
@@ -222,10 +225,13 @@ def attach_twin(policy: nn.Module, backend: DataParallelBackend) -> nn.Module:
     ``full_state`` of the policy go to the copy, refreshed from the shards (all ranks together, one
     parameter at a time) whenever the trainable weights changed since the last refresh; the training forward
     and backward use the shards. The copy is what a vLLM engine would hold; it holds no gradient or optimizer
-    state."""
+    state. With LoRA it holds only its own adapter: the frozen base tensors are the reference's."""
     import copy
 
     keep = {id(policy.tokenizer): policy.tokenizer, id(policy.sampler): policy.sampler}
+    # LoRA: the frozen base tensors are shared (not copied) with the copy, as they already are with the reference
+    # (the base with the adapters off); sharding gives the policy its own shards and leaves these whole.
+    keep |= {id(p): p for p in policy.parameters() if not p.requires_grad}
     twin = copy.deepcopy(policy, memo=keep).requires_grad_(False)
     seen: list[tuple] = [tuple(p._version for p in policy.parameters())]
 

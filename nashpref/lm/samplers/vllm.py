@@ -22,6 +22,7 @@ and the reference as two decoder stacks.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
@@ -33,13 +34,11 @@ from torch import Tensor
 
 from nashpref.lm.responses import TokenResponses, responses_from_lists
 from nashpref.lm.samplers.base import SamplingConfig, draw_seed
+from nashpref.errors import WeightSyncError
+from nashpref.lm.startup import paused_gc
 from nashpref.quiet import verbose
 
 __all__ = ["VLLMSampler", "WeightSyncError"]
-
-
-class WeightSyncError(RuntimeError):
-    """The engine's log-probs disagree with the policy's: it is not running the policy's weights."""
 
 
 class VLLMSampler:
@@ -51,8 +50,9 @@ class VLLMSampler:
     ``sync_seconds`` adds up the time spent syncing and checking.
     Engine options pass through: ``gpu_memory_utilization``, ``tensor_parallel_size``, ``enable_sleep_mode``
     (the engine then sleeps after each ``sample`` and wakes for the next sync or sample), ``max_model_len`` and
-    any other ``vllm.LLM`` keyword in ``engine_kwargs``. On CPU ``kv_cache_memory_bytes`` defaults to 1 GiB and
-    ``enforce_eager`` to True.
+    any other ``vllm.LLM`` keyword in ``engine_kwargs``. On CPU ``kv_cache_memory_bytes`` defaults to what
+    ``MAX_SEQUENCES`` full-length sequences need, at most 1 GiB (:func:`cpu_kv_cache_bytes`), and ``enforce_eager``
+    to True.
     """
 
     backend = "vllm"
@@ -64,7 +64,8 @@ class VLLMSampler:
                  max_model_len: int | None = None, kv_cache_memory_bytes: int | None = None,
                  enforce_eager: bool | None = None, engine_kwargs: dict | None = None, verify: bool = False):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        from vllm import LLM
+        with paused_gc():
+            from vllm import LLM
 
         self.config = config or SamplingConfig()
         on_gpu = torch.cuda.is_available()
@@ -78,7 +79,8 @@ class VLLMSampler:
         self.sleep_level = sleep_level
         kwargs = dict(engine_kwargs or {})
         if not on_gpu:
-            kwargs.setdefault("kv_cache_memory_bytes", kv_cache_memory_bytes or 1 << 30)
+            kwargs.setdefault("kv_cache_memory_bytes", kv_cache_memory_bytes or cpu_kv_cache_bytes(model, dtype,
+                                                                                                max_model_len))
             kwargs.setdefault("enforce_eager", True if enforce_eager is None else enforce_eager)
         else:
             if kv_cache_memory_bytes is not None:
@@ -90,9 +92,13 @@ class VLLMSampler:
         kwargs.setdefault("use_tqdm_on_load", verbose())      # vLLM's loading bar only with --verbose
         if enable_sleep_mode and not on_gpu:
             raise ValueError("enable_sleep_mode needs a GPU: vLLM rejects sleep mode on CPU")
+        # On CPU the engine runs eagerly, and so do vLLM's few torch.compile'd helpers (the log-prob ranks): an
+        # inductor build of them took 4 s before the first sample, for one tensor comparison
+        self.eager = not on_gpu and bool(kwargs.get("enforce_eager"))
         start = time.perf_counter()
-        self.llm = LLM(model, dtype=dtype, seed=seed, gpu_memory_utilization=gpu_memory_utilization,
-                       tensor_parallel_size=tensor_parallel_size, enable_sleep_mode=enable_sleep_mode, **kwargs)
+        with paused_gc(), self._stance():
+            self.llm = LLM(model, dtype=dtype, seed=seed, gpu_memory_utilization=gpu_memory_utilization,
+                           tensor_parallel_size=tensor_parallel_size, enable_sleep_mode=enable_sleep_mode, **kwargs)
         self.start_seconds = time.perf_counter() - start
         self.tensor_parallel_size = tensor_parallel_size
         self.version = 0
@@ -133,8 +139,9 @@ class VLLMSampler:
                                  max_tokens=config.max_new_tokens, seed=s, logprobs=0,
                                  stop_token_ids=list(policy.eos_ids), detokenize=False)
                   for s in request_seeds(seed, len(ids), n)]
-        outputs = self.llm.generate([{"prompt_token_ids": row} for row in ids], params, use_tqdm=False,
-                                    lora_request=self.lora_request)
+        with self._stance():
+            outputs = self.llm.generate([{"prompt_token_ids": row} for row in ids], params, use_tqdm=False,
+                                        lora_request=self.lora_request)
         sequences, logprobs = [], []
         for out in outputs:
             seqs = [list(c.token_ids) for c in out.outputs]
@@ -145,6 +152,9 @@ class VLLMSampler:
         self._sleep()
         return responses_from_lists(sequences, [policy.prompts[c] for c in contexts.tolist()], policy.tokenizer,
                                     logprobs)
+
+    def _stance(self):
+        return torch.compiler.set_stance("force_eager") if self.eager else contextlib.nullcontext()
 
     # ---- weight sync ----------------------------------------------------------------------------------------
     def sync_weights(self, policy) -> float:
@@ -216,8 +226,9 @@ class VLLMSampler:
         from vllm import SamplingParams
 
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
-        outputs = self.llm.generate([{"prompt_token_ids": s} for s in sequences], params, use_tqdm=False,
-                                    lora_request=self.lora_request)
+        with self._stance():
+            outputs = self.llm.generate([{"prompt_token_ids": s} for s in sequences], params, use_tqdm=False,
+                                        lora_request=self.lora_request)
         return [[out.prompt_logprobs[i][seq[i]].logprob for i in range(1, len(seq))]
                 for out, seq in zip(outputs, sequences)]
 
@@ -274,6 +285,30 @@ class VLLMSampler:
             self._weights_dir.cleanup()
         if self._adapters is not None:
             self._adapters.close()
+
+
+MAX_SEQUENCES = 512          # sequences of the model's full length that the default CPU KV cache holds at once
+
+
+def cpu_kv_cache_bytes(model: str, dtype: str, max_model_len: int | None) -> int:
+    """The CPU engine's default KV cache: keys and values of ``MAX_SEQUENCES`` sequences of ``max_model_len`` (or
+    the model's context), at most 1 GiB. Allocating and zeroing 1 GiB took 0.35 s of CPU and 2.5 s of wall time
+    on a busy 2-core machine, for a tiny model whose 256-token context needs 512 bytes per token; a model whose
+    shape cannot be read gets the 1 GiB."""
+    limit = 1 << 30
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(model)
+        config = getattr(config, "text_config", None) or config
+        heads = config.num_attention_heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        length = max_model_len or config.max_position_embeddings
+        per_token = 2 * config.num_hidden_layers * kv_heads * head_dim * (4 if dtype == "float32" else 2)
+        return min(limit, MAX_SEQUENCES * int(length) * per_token)
+    except Exception:       # vLLM reads the model itself, and names what is wrong with it
+        return limit
 
 
 def _versions(policy) -> tuple[int, ...]:
