@@ -27,7 +27,6 @@ from nashpref.solvers.hedge import HedgeSolver
 from nashpref.solvers.losses import dpo_loss
 from nashpref.solvers.win_rates import preference_matrix, scored_samples
 
-SAMPLED_ETA = 1.0
 
 
 def dno_soft_loss(log_ratio_1: Tensor, log_ratio_2: Tensor, reward_1: Tensor, reward_2: Tensor,
@@ -105,9 +104,6 @@ class DNO(HedgeSolver):
         return torch.log_softmax(log_pi + game.win_rates(log_pi.exp()) / self.inverse_step(game), dim=-1)
 
     # ---- sampled training ----------------------------------------------------------------------------------
-    def sampled_eta(self) -> float:
-        return SAMPLED_ETA if self.config.eta is None else self.config.eta
-
     def collect(self, round: Round) -> Batch:
         k = round.samples
         require_samples(self.name, k)

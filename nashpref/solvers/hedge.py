@@ -38,6 +38,9 @@ def hedge_step(game: PreferenceGame, horizon: int) -> float:
     return math.sqrt(8.0 * hedge_log_range(game) / horizon)
 
 
+SAMPLED_ETA = 1.0
+
+
 class HedgeSolver(Solver):
     """Base of the multiplicative-weights solvers of the unregularised game (SPPO, DNO): τ is ignored, the average
     iterate carries the guarantee, and the default horizon and step come from the Hedge bound for the Config's
@@ -56,3 +59,8 @@ class HedgeSolver(Solver):
     def hedge_step(self, game: PreferenceGame) -> float:
         """The step √(8L/T) for the default horizon T."""
         return hedge_step(game, self.default_iterations(game))
+
+    def sampled_eta(self) -> float:
+        """η in sampled training: the Config's, else SAMPLED_ETA (the Hedge step for the horizon is far too small
+        for a few thousand sampled rounds)."""
+        return SAMPLED_ETA if self.config.eta is None else self.config.eta

@@ -47,7 +47,6 @@ from nashpref.solvers.checks import require_samples
 from nashpref.solvers.hedge import HedgeSolver
 from nashpref.solvers.win_rates import joined, preference_matrix, scored_samples, win_rates_against
 
-SAMPLED_ETA = 1.0
 
 
 def kl_policy_gradient_loss(log_prob: Tensor, log_prob_previous: Tensor, advantage: Tensor, eta: float,
@@ -115,9 +114,6 @@ class SPO(HedgeSolver):
         return torch.log_softmax(log_pi + self.step_size(game) * game.win_rates(log_pi.exp()), dim=-1)
 
     # ---- sampled training ----------------------------------------------------------------------------------
-    def sampled_eta(self) -> float:
-        return SAMPLED_ETA if self.config.eta is None else self.config.eta
-
     def collect(self, round: Round) -> Batch:
         k = round.samples
         require_samples(self.name, k)

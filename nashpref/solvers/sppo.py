@@ -25,7 +25,6 @@ from nashpref.solvers.checks import require_samples
 from nashpref.solvers.hedge import HedgeSolver
 from nashpref.solvers.win_rates import joined, preference_matrix, reference_entries, scored_samples
 
-SAMPLED_ETA = 1.0
 
 
 def sppo_loss(log_prob: Tensor, log_prob_previous: Tensor, win_rate: Tensor, eta: float) -> Tensor:
@@ -119,7 +118,7 @@ class SPPO(HedgeSolver):
 
     def loss(self, batch: Batch, policy: Policy) -> tuple[Tensor, dict[str, float]]:
         log_prob, previous, win_rate, weight = joined(batch, policy, "win_rate", self.config.distinct)
-        eta = SAMPLED_ETA if self.config.eta is None else self.config.eta
+        eta = self.sampled_eta()
         fit = self.config.log_partition == "fit"
         per_context = sppo_context_loss(log_prob, previous, win_rate, eta, weight, fit)
         # distinct: summed over contexts too, so lr ½ stays one exact step whatever the batch size
