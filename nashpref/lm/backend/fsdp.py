@@ -245,6 +245,7 @@ def attach_twin(policy: nn.Module, backend: DataParallelBackend) -> nn.Module:
                         full = param.full_tensor() if hasattr(param, "full_tensor") else param
                         copies[name].copy_(full.detach())
             seen[0] = versions
+        object.__setattr__(twin, "provenance", policy.provenance)     # its samples are the policy's, in metrics
         return twin
 
     # Plain attributes (object.__setattr__): the copy must not become a submodule of the policy.
