@@ -103,7 +103,7 @@ def train_with_vllm(out: Path, tiny: Path, prompts: Path, world_size: int) -> No
         engine = engine or make_vllm_engine(config, world_size=world_size)
         run_train(config, engine=engine, progress=False)
         (out / name / f"engine-rank{engine_rank()}.json").write_text(json.dumps(
-            {"version": engine.version, "verify_error": engine.last_verify_error,
+            {"version": engine.version, "verify_error": engine.last_verify_error, "tolerance": engine.tolerance,
              "executor": type(engine.llm.llm_engine.model_executor).__name__}))
 
 
