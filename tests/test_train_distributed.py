@@ -133,10 +133,33 @@ def test_vllm_engine_per_rank_trains_like_one_rank(solver, vllm_runs, tiny_dir):
     assert any(not torch.equal(start[k], final_one[k]) for k in start)
 
 
+def test_vllm_mixture_engine_per_rank_from_the_command_line(tiny_dir, prompts_file, tmp_path):
+    """Nash-MD's two-stack engine (policy, mixture and reference samples) per rank, through ``-m nashpref train``:
+    2 ranks draw what 1 rank draws, and the run ends without a traceback (vLLM's groups end before ours)."""
+    pytest.importorskip("vllm")
+    runs = {}
+    for nproc in (1, 2):
+        runs[nproc] = tmp_path / f"ranks{nproc}"
+        args = with_options(train_args(tiny_dir, prompts_file, runs[nproc]), sampler="vllm", solver="nash-md",
+                            iterations="2")
+        done = subprocess.run(torchrun(nproc, *args, "--verify-sync"), env=env(), capture_output=True, text=True,
+                              timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "Traceback" not in done.stderr
+    for iteration in (1, 2):
+        name = f"rounds/iteration-{iteration:04d}.jsonl"
+        assert [(r["prompt"], r["a"], r["b"]) for r in read_jsonl(runs[1] / name)] == \
+               [(r["prompt"], r["a"], r["b"]) for r in read_jsonl(runs[2] / name)]
+    for row in read_jsonl(runs[2] / "metrics.jsonl"):
+        assert row["samplers"] == {"heldout": "vllm", "mixture": "vllm", "policy": "vllm"}
+    start = weights(tiny_dir / "policy")
+    assert relative_gap(weights(runs[2] / "final"), weights(runs[1] / "final"), start) <= BOUND
+
+
 def test_vllm_tensor_parallel_under_torchrun_is_one_line(tiny_dir, prompts_file, tmp_path):
     pytest.importorskip("vllm")
     out = tmp_path / "run"
-    args = [a if a != "hf" else "vllm" for a in train_args(tiny_dir, prompts_file, out)]
+    args = with_options(train_args(tiny_dir, prompts_file, out), sampler="vllm")
     done = subprocess.run(torchrun(2, *args, "--tensor-parallel-size", "2"), env=env(), capture_output=True,
                           text=True, timeout=600)
     assert done.returncode != 0 and not out.exists()
@@ -204,6 +227,14 @@ def train_args(tiny: Path, prompts: Path, out: Path) -> list[str]:
             "--prompts", str(prompts), "--solver", "sppo", "--sampler", "hf", "--heldout", "3", "--samples", "2",
             "--eval-samples", "2", "--max-new-tokens", "8", "--lr", "1e-3", "--tau", "0.1", "--timeout",
             str(TIMEOUT), "--iterations", str(ITERATIONS), "--out", str(out)]
+
+
+def with_options(args: list[str], **options: str) -> list[str]:
+    """``args`` with the value after each ``--flag`` replaced (keyword ``max_new_tokens`` for ``--max-new-tokens``)."""
+    args = list(args)
+    for key, value in options.items():
+        args[args.index("--" + key.replace("_", "-")) + 1] = value
+    return args
 
 
 @pytest.fixture(scope="module")

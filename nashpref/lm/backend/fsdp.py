@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Iterator, Sequence, TypeVar
 
@@ -91,6 +92,8 @@ class DataParallelBackend:
             dist.barrier()
 
     def close(self) -> None:
+        if self.owns_group and dist.is_initialized():
+            _leave_vllm_groups()
         if self.owns_group and dist.is_initialized():
             try:
                 dist.destroy_process_group()
@@ -215,6 +218,15 @@ class DDPBackend(DataParallelBackend):
         for p in params:
             p.grad.copy_(flat[offset:offset + p.grad.numel()].view_as(p.grad))
             offset += p.grad.numel()
+
+
+def _leave_vllm_groups() -> None:
+    """End the groups a per-rank vLLM engine made on top of ours (vLLM's own teardown, which also ends the default
+    group): left alone, the engine's finalizer tries it at exit, after our group is gone, and prints a traceback."""
+    state = sys.modules.get("vllm.distributed.parallel_state")
+    if state is not None and state.model_parallel_is_initialized():
+        state.destroy_model_parallel()
+        state.destroy_distributed_environment()
 
 
 def attach_twin(policy: nn.Module, backend: DataParallelBackend) -> nn.Module:
