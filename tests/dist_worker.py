@@ -11,6 +11,8 @@
 * ``lora`` — LoRA under FSDP on the tiny model (arguments 3-4 as for ``solvers``): what the reference and the
   sampler's copy share, their log-probs with the adapters on and off (OUT/lora-rankR.json), then ``run_train``
   of SPPO and Nash-MD with ``lora_rank=4`` for 2 iterations into OUT/<solver>;
+* ``vllm`` — ``run_train`` of SPPO and online IPO with ``--sampler vllm --verify-sync`` for 2 iterations (arguments
+  3-4 as for ``solvers``), one vLLM engine per rank shared by both runs, into OUT/<solver>;
 * ``solvers`` — ``run_train`` (--backend fsdp) of every registered solver for 2 iterations on the tiny model
   (argument 3: its directory; argument 4: the prompt file), into OUT/<solver>.
 """
@@ -87,6 +89,28 @@ def train_every_solver(out: Path, tiny: Path, prompts: Path) -> None:
         run_train(config, progress=False)
 
 
+def train_with_vllm(out: Path, tiny: Path, prompts: Path, world_size: int) -> None:
+    from nashpref.lm.build import make_vllm_engine
+    from nashpref.lm.config import TrainConfig
+    from nashpref.lm.trainer import run_train
+
+    engine = None               # one engine per process: vLLM joins its groups once
+    for name in ("sppo", "online-ipo"):
+        config = TrainConfig(policy=str(tiny / "policy"), preference=f"reward:{tiny / 'reward'}",
+                             prompts=str(prompts), solver=name, out=out / name, sampler="vllm", verify_sync=True,
+                             iterations=2, heldout=3, samples=2, eval_samples=2, max_new_tokens=8, lr=1e-3,
+                             tau=0.1, backend="fsdp", timeout=300)
+        engine = engine or make_vllm_engine(config, world_size=world_size)
+        run_train(config, engine=engine, progress=False)
+        (out / name / f"engine-rank{engine_rank()}.json").write_text(json.dumps(
+            {"version": engine.version, "verify_error": engine.last_verify_error, "tolerance": engine.tolerance,
+             "executor": type(engine.llm.llm_engine.model_executor).__name__}))
+
+
+def engine_rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
 def lora_under_fsdp(out: Path, tiny: Path, prompts: Path, backend) -> None:
     from nashpref.lm.config import TrainConfig
     from nashpref.lm.policy import LMPolicy
@@ -125,9 +149,11 @@ def lora_under_fsdp(out: Path, tiny: Path, prompts: Path, backend) -> None:
 
 def main() -> None:
     scenario, out = sys.argv[1], Path(sys.argv[2])
-    if scenario in ("solvers", "lora"):     # one process group for all the runs (each run_train leaves it open)
+    if scenario in ("solvers", "lora", "vllm"):     # one process group for all the runs (each leaves it open)
         backend = FSDPBackend(device="cpu", timeout=300)
-        if scenario == "lora":
+        if scenario == "vllm":
+            train_with_vllm(out, Path(sys.argv[3]), Path(sys.argv[4]), backend.world_size)
+        elif scenario == "lora":
             lora_under_fsdp(out, Path(sys.argv[3]), Path(sys.argv[4]), backend)
         else:
             train_every_solver(out, Path(sys.argv[3]), Path(sys.argv[4]))

@@ -3,6 +3,8 @@
 * Same maths at any world size: 2 iterations of every solver with 2 ranks give the same responses and
   preferences as 1 rank with the same global batch (5 training prompts: shares of 3 and 2, so each rank's loss
   weight matters), and final weights equal up to float rounding (relative to the size of the update);
+* vLLM per rank (``--sampler vllm --verify-sync``): each rank's own engine samples its prompts; 2 ranks draw
+  the same responses as 1 and end with the same weights up to float rounding, and every rank checked its sync;
 * LoRA under FSDP: the reference is the base with the adapters off (sharing the sampler copy's tensors), and
   2 ranks train like 1, moving only the adapted layers;
 * faults: ``kill -9`` (or ``kill -STOP``) of one rank ends the others within the timeout with one ``error:`` line
@@ -98,6 +100,76 @@ def test_two_ranks_train_like_one(solver, runs, tiny_dir):
 
 
 @pytest.fixture(scope="module")
+def vllm_runs(tiny_dir, prompts_file, tmp_path_factory) -> dict[int, Path]:
+    pytest.importorskip("vllm")
+    out = {}
+    for nproc in (1, 2):
+        out[nproc] = tmp_path_factory.mktemp(f"vllm{nproc}")
+        done = subprocess.run(torchrun(nproc, str(ROOT / "tests" / "dist_worker.py"), "vllm", str(out[nproc]),
+                                       str(tiny_dir), str(prompts_file)),
+                              env=env(), capture_output=True, text=True, timeout=1500)
+        assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+@pytest.mark.parametrize("solver", ["sppo", "online-ipo"])
+def test_vllm_engine_per_rank_trains_like_one_rank(solver, vllm_runs, tiny_dir):
+    one, two = vllm_runs[1] / solver, vllm_runs[2] / solver
+    for iteration in (1, 2):        # per-request seeds keyed by (round, prompt): the split over ranks is invisible
+        name = f"rounds/iteration-{iteration:04d}.jsonl"
+        assert [(r["prompt"], r["a"], r["b"]) for r in read_jsonl(one / name)] == \
+               [(r["prompt"], r["a"], r["b"]) for r in read_jsonl(two / name)]
+    for row in read_jsonl(two / "metrics.jsonl"):
+        assert row["samplers"] == {"heldout": "vllm", "policy": "vllm"}
+        assert row["sample_weights"]["policy"] == [row["iteration"] - 1]      # π_t: synced after each step
+    for rank in (0, 1):             # every rank ran its own engine in the training process and checked each sync
+        seen = json.loads((two / f"engine-rank{rank}.json").read_text())
+        assert seen["executor"] == "ExecutorWithExternalLauncher" and seen["version"] >= 4
+        assert 0 <= seen["verify_error"] <= seen["tolerance"]
+    start = weights(tiny_dir / "policy")
+    final_one, final_two = weights(one / "final"), weights(two / "final")
+    assert final_one.keys() == final_two.keys() == start.keys()
+    assert relative_gap(final_two, final_one, start) <= BOUND
+    assert any(not torch.equal(start[k], final_one[k]) for k in start)
+
+
+def test_vllm_mixture_engine_per_rank_from_the_command_line(tiny_dir, prompts_file, tmp_path):
+    """Nash-MD's two-stack engine (policy, mixture and reference samples) per rank, through ``-m nashpref train``:
+    2 ranks draw what 1 rank draws, and the run ends without a traceback (vLLM's groups end before ours)."""
+    pytest.importorskip("vllm")
+    runs = {}
+    for nproc in (1, 2):
+        runs[nproc] = tmp_path / f"ranks{nproc}"
+        args = with_options(train_args(tiny_dir, prompts_file, runs[nproc]), sampler="vllm", solver="nash-md",
+                            iterations="2")
+        done = subprocess.run(torchrun(nproc, *args, "--verify-sync"), env=env(), capture_output=True, text=True,
+                              timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "Traceback" not in done.stderr
+    for iteration in (1, 2):
+        name = f"rounds/iteration-{iteration:04d}.jsonl"
+        assert [(r["prompt"], r["a"], r["b"]) for r in read_jsonl(runs[1] / name)] == \
+               [(r["prompt"], r["a"], r["b"]) for r in read_jsonl(runs[2] / name)]
+    for row in read_jsonl(runs[2] / "metrics.jsonl"):
+        assert row["samplers"] == {"heldout": "vllm", "mixture": "vllm", "policy": "vllm"}
+    start = weights(tiny_dir / "policy")
+    assert relative_gap(weights(runs[2] / "final"), weights(runs[1] / "final"), start) <= BOUND
+
+
+def test_vllm_tensor_parallel_under_torchrun_is_one_line(tiny_dir, prompts_file, tmp_path):
+    pytest.importorskip("vllm")
+    out = tmp_path / "run"
+    args = with_options(train_args(tiny_dir, prompts_file, out), sampler="vllm")
+    done = subprocess.run(torchrun(2, *args, "--tensor-parallel-size", "2"), env=env(), capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode != 0 and not out.exists()
+    errors = {line for line in done.stderr.splitlines() if line.startswith("error:")}
+    assert errors == {"error: --tensor-parallel-size 2 under torchrun: not supported yet, each rank runs its own "
+                      "vLLM engine on its own device (tensor parallel 1); use 1, or one process with --sampler "
+                      "vllm --tensor-parallel-size K"}
+
+
+@pytest.fixture(scope="module")
 def lora_runs(tiny_dir, prompts_file, tmp_path_factory) -> dict[int, Path]:
     out = {}
     for nproc in (1, 2):
@@ -155,6 +227,14 @@ def train_args(tiny: Path, prompts: Path, out: Path) -> list[str]:
             "--prompts", str(prompts), "--solver", "sppo", "--sampler", "hf", "--heldout", "3", "--samples", "2",
             "--eval-samples", "2", "--max-new-tokens", "8", "--lr", "1e-3", "--tau", "0.1", "--timeout",
             str(TIMEOUT), "--iterations", str(ITERATIONS), "--out", str(out)]
+
+
+def with_options(args: list[str], **options: str) -> list[str]:
+    """``args`` with the value after each ``--flag`` replaced (keyword ``max_new_tokens`` for ``--max-new-tokens``)."""
+    args = list(args)
+    for key, value in options.items():
+        args[args.index("--" + key.replace("_", "-")) + 1] = value
+    return args
 
 
 @pytest.fixture(scope="module")

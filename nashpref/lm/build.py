@@ -47,12 +47,12 @@ def sampling_config(config: TrainConfig) -> SamplingConfig:
                           top_p=config.top_p, top_k=config.top_k)
 
 
-def make_vllm_engine(config: TrainConfig, mixture: bool = False):
+def make_vllm_engine(config: TrainConfig, mixture: bool = False, world_size: int | None = None):
     """A VLLMSampler on the policy's initial weights with the pass-through options. With ``mixture`` (a solver
     that samples π^(1−β) μ^β) and models the two-stack engine can hold: a VLLMMixtureSampler, which also holds
     the reference and samples the policy, the mixture and the reference. With LoRA the engine gets only the
-    adapter at each sync."""
-    from nashpref.lm.samplers.vllm import VLLMSampler
+    adapter at each sync. ``world_size`` (under torchrun, the process group joined): this rank's own engine."""
+    from nashpref.lm.samplers.vllm import VLLMSampler, per_rank_options
 
     options = dict(dtype=config.dtype, seed=config.seed, tolerance=config.sync_tolerance,
                    gpu_memory_utilization=config.gpu_memory_utilization,
@@ -62,6 +62,9 @@ def make_vllm_engine(config: TrainConfig, mixture: bool = False):
         from nashpref.lm.samplers.vllm_lora import lora_engine_options
 
         options["engine_kwargs"] = lora_engine_options(config.lora_rank, lora_modules(config))
+    if world_size is not None:
+        options["engine_kwargs"] = options.get("engine_kwargs", {}) | per_rank_options(
+            world_size, config.tensor_parallel_size)
     if mixture:
         from nashpref.lm.samplers.vllm_mixture import VLLMMixtureSampler, mixture_supported
 
@@ -69,6 +72,19 @@ def make_vllm_engine(config: TrainConfig, mixture: bool = False):
             return VLLMMixtureSampler(config.policy, sampling_config(config), reference=config.reference,
                                       **options)
     return VLLMSampler(config.policy, sampling_config(config), **options)
+
+
+def check_vllm_ranks(config: TrainConfig, world_size: int) -> None:
+    """Under torchrun with several ranks: ``--tensor-parallel-size K`` must divide the world size, and only K = 1
+    runs (each rank's engine alone). K > 1 would make one engine of K ranks, which must all send it the same
+    requests in lockstep, while each rank samples its own prompts."""
+    k = config.tensor_parallel_size
+    if world_size % k:
+        raise BadInput(f"--tensor-parallel-size {k}: must divide the number of ranks ({world_size})")
+    if k > 1:
+        raise BadInput(f"--tensor-parallel-size {k} under torchrun: not supported yet, each rank runs its own "
+                       "vLLM engine on its own device (tensor parallel 1); use 1, or one process with --sampler "
+                       "vllm --tensor-parallel-size K")
 
 
 def lora_modules(config: TrainConfig) -> str | list[str]:

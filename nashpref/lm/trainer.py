@@ -32,8 +32,8 @@ from nashpref.errors import BadInput
 from nashpref.io import publish_directory, write_json, write_jsonl
 from nashpref.lm.backend.distributed import DistributedError, describe_failure, restarted_by_torchrun
 from nashpref.lm.backend.single import SingleBackend
-from nashpref.lm.build import (check_out, check_prompts_fit, check_solver_options, load_policies, make_vllm_engine,
-                               probe_oracle, sampler_kind, split_prompts)
+from nashpref.lm.build import (check_out, check_prompts_fit, check_solver_options, check_vllm_ranks, load_policies,
+                               make_vllm_engine, probe_oracle, sampler_kind, split_prompts)
 from nashpref.lm.checkpoints import CHECKPOINTS, latest_state
 from nashpref.lm.config import TrainConfig, describe_config, make_solver
 from nashpref.lm.evaluation import HeldOutEvaluator
@@ -169,8 +169,9 @@ def run_train(config: TrainConfig, solver: Solver | None = None, *, engine=None,
     backend = make_backend(config)
     check_out(config, described)
     kind = sampler_kind(config)
-    if kind == "vllm" and backend.world_size > 1:
-        raise BadInput("--sampler vllm with several ranks is not supported yet; use --sampler hf")
+    ranks = None if isinstance(backend, SingleBackend) else backend.world_size      # torchrun: one engine per rank
+    if kind == "vllm" and ranks is not None:
+        check_vllm_ranks(config, ranks)
     config = dataclasses.replace(config, device=str(backend.device))
 
     from nashpref.lm.data import load_prompts
@@ -187,7 +188,7 @@ def run_train(config: TrainConfig, solver: Solver | None = None, *, engine=None,
     sampler = None
     if kind == "vllm":
         mixture = getattr(solver, "samples_mixture", False)
-        sampler = engine if engine is not None else make_vllm_engine(config, mixture)
+        sampler = engine if engine is not None else make_vllm_engine(config, mixture, ranks)
         sampler.verify = config.verify_sync
     torch.manual_seed(config.seed)              # a LoRA adapter's initial weights come from the global RNG
     policy, reference = load_policies(config, ordered, sampler)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Iterator, Sequence, TypeVar
 
@@ -91,6 +92,8 @@ class DataParallelBackend:
             dist.barrier()
 
     def close(self) -> None:
+        if self.owns_group and dist.is_initialized():
+            _leave_vllm_groups()
         if self.owns_group and dist.is_initialized():
             try:
                 dist.destroy_process_group()
@@ -217,6 +220,15 @@ class DDPBackend(DataParallelBackend):
             offset += p.grad.numel()
 
 
+def _leave_vllm_groups() -> None:
+    """End the groups a per-rank vLLM engine made on top of ours (vLLM's own teardown, which also ends the default
+    group): left alone, the engine's finalizer tries it at exit, after our group is gone, and prints a traceback."""
+    state = sys.modules.get("vllm.distributed.parallel_state")
+    if state is not None and state.model_parallel_is_initialized():
+        state.destroy_model_parallel()
+        state.destroy_distributed_environment()
+
+
 def attach_twin(policy: nn.Module, backend: DataParallelBackend) -> nn.Module:
     """Give a language-model policy (about to be sharded) an unsharded copy that samples for it.
 
@@ -245,6 +257,7 @@ def attach_twin(policy: nn.Module, backend: DataParallelBackend) -> nn.Module:
                         full = param.full_tensor() if hasattr(param, "full_tensor") else param
                         copies[name].copy_(full.detach())
             seen[0] = versions
+        object.__setattr__(twin, "provenance", policy.provenance)     # its samples are the policy's, in metrics
         return twin
 
     # Plain attributes (object.__setattr__): the copy must not become a submodule of the policy.

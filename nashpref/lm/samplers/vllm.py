@@ -8,6 +8,10 @@ otherwise), so new weights go in without a restart:
 * several workers (``tensor_parallel_size > 1``): tensors cannot cross the process boundary (they crash the
   engine), so the weights are written as safetensors to a directory owned by the sampler and reloaded from there.
 
+Under torchrun (``per_rank_options``) every rank holds its own engine, started with vLLM's
+``external_launcher`` executor in the training processes, samples its own prompts and loads the weights
+the backend gathers from the FSDP shards; the engines are then made independent of each other (``_decouple``).
+
 After a sync the prefix cache is reset (its KV blocks were computed with the old weights). ``verify_sync``
 teacher-forces a fixed probe through the engine (``prompt_logprobs``) and through the policy and raises
 :class:`WeightSyncError` when the mean per-token log-prob difference exceeds the tolerance.
@@ -38,7 +42,7 @@ from nashpref.errors import WeightSyncError
 from nashpref.lm.startup import paused_gc
 from nashpref.quiet import verbose
 
-__all__ = ["VLLMSampler", "WeightSyncError"]
+__all__ = ["VLLMSampler", "WeightSyncError", "per_rank_options"]
 
 
 class VLLMSampler:
@@ -99,6 +103,8 @@ class VLLMSampler:
         with paused_gc(), self._stance():
             self.llm = LLM(model, dtype=dtype, seed=seed, gpu_memory_utilization=gpu_memory_utilization,
                            tensor_parallel_size=tensor_parallel_size, enable_sleep_mode=enable_sleep_mode, **kwargs)
+        if kwargs.get("distributed_executor_backend") == "external_launcher":
+            _decouple(self.llm)
         self.start_seconds = time.perf_counter() - start
         self.tensor_parallel_size = tensor_parallel_size
         self.version = 0
@@ -218,7 +224,9 @@ class VLLMSampler:
     def _single_inprocess_worker(self) -> bool:
         core = getattr(self.llm.llm_engine, "engine_core", None)
         executor = getattr(getattr(core, "engine_core", None), "model_executor", None)
-        return type(executor).__name__ == "UniProcExecutor"
+        from vllm.v1.executor.uniproc_executor import UniProcExecutor
+
+        return isinstance(executor, UniProcExecutor)      # or its torchrun subclass ExecutorWithExternalLauncher
 
     # ---- verification ---------------------------------------------------------------------------------------
     def engine_log_probs(self, sequences: list[list[int]]) -> list[list[float]]:
@@ -309,6 +317,29 @@ def cpu_kv_cache_bytes(model: str, dtype: str, max_model_len: int | None) -> int
         return min(limit, MAX_SEQUENCES * int(length) * per_token)
     except Exception:       # vLLM reads the model itself, and names what is wrong with it
         return limit
+
+
+def per_rank_options(world_size: int, tensor_parallel_size: int = 1) -> dict:
+    """Engine options for one engine per rank under torchrun (the process group already joined): vLLM's
+    ``external_launcher`` runs the engine in the training process and takes ranks from torchrun's environment;
+    it asks for ``data_parallel_size`` × ``tensor_parallel_size`` = the world size (with ``data_parallel_size``
+    left at 1 every rank but 0 is refused)."""
+    return {"distributed_executor_backend": "external_launcher",
+            "data_parallel_size": world_size // tensor_parallel_size}
+
+
+def _decouple(llm) -> None:
+    """Make a per-rank engine independent of the other ranks' engines. With ``data_parallel_size`` > 1 vLLM
+    steps the engines in lockstep (every ``has_unfinished_requests`` and every forward is a collective over the
+    data-parallel group, for MoE experts shared across ranks), so each rank would have to call ``generate`` as
+    often as every other; here ranks sample their own share of prompts, one request per prompt, a count that
+    differs between ranks. For a dense model nothing else needs the group: drop it."""
+    engine = llm.llm_engine
+    if engine.vllm_config.model_config.is_moe:      # its expert layers communicate over the group
+        raise ValueError("one vLLM engine per rank needs a dense model; this one is a mixture of experts")
+    engine.vllm_config.parallel_config.data_parallel_size = 1
+    engine.dp_group = None
+    engine.external_launcher_dp = False
 
 
 def _versions(policy) -> tuple[int, ...]:
