@@ -193,3 +193,44 @@ def test_train_with_a_maxmin_preference(tiny_dir, tmp_path):
         # the reward model scored these texts in other batches: float32 rounding of one forward (see test_train)
         slack = tolerance("float32", length=660)
         assert torch.equal(saved, by_rule) or torch.allclose(saved, by_model, rtol=0, atol=slack)
+
+
+def test_a_resumed_maxmin_run_continues_the_group_weights(tiny_dir, tmp_path):
+    """Hedge's running sums and the reference draws are checkpoint state: stopping after iteration 1 and resuming
+    ends with the weights, metrics (group weights included) and rounds of an uninterrupted run, bit for bit."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from nashpref.io import read_jsonl
+    from nashpref.lm.config import TrainConfig
+    from nashpref.lm.trainer import run_train
+
+    prompts = tmp_path / "prompts.jsonl"
+    texts = ["describe the red cat", "tell me about a robot", "what is the river like?", "describe the golden ship",
+             "tell me about a bird", "what is the city like?"]
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in texts), encoding="utf-8")
+
+    def config(out, **options):
+        return TrainConfig(**{"policy": str(tiny_dir / "policy"), "preference": f"maxmin:reward:{tiny_dir / 'reward'};"
+                              "rule:length", "prompts": str(prompts), "solver": "online-ipo", "out": out,
+                              "sampler": "hf", "iterations": 3, "heldout": 2, "samples": 2, "eval_samples": 2,
+                              "max_new_tokens": 8, "lr": 1e-3, "tau": 0.1} | options)
+
+    run_train(config(tmp_path / "whole"), progress=False)
+    run_train(config(tmp_path / "resumed", iterations=1), progress=False)
+    run_train(config(tmp_path / "resumed", resume=True), progress=False)
+
+    def comparable(out):
+        return [{k: v for k, v in row.items() if not k.endswith("seconds")} for row in read_jsonl(out / "metrics.jsonl")]
+
+    whole, resumed = comparable(tmp_path / "whole"), comparable(tmp_path / "resumed")
+    assert resumed == whole
+    weights = [row["group_weights"] for row in whole]
+    assert all(len(w) == 2 and abs(sum(w) - 1.0) <= tolerance("float64", length=2) for w in weights)
+    assert weights[0] != weights[-1]                      # the weights moved, so the resumed run had state to keep
+    for iteration in (1, 2, 3):
+        name = f"rounds/iteration-{iteration:04d}.jsonl"
+        assert read_jsonl(tmp_path / "resumed" / name) == read_jsonl(tmp_path / "whole" / name)
+    final = [load_file(next((tmp_path / run / "final").glob("*.safetensors"))) for run in ("whole", "resumed")]
+    assert all(torch.equal(final[0][k], final[1][k]) for k in final[0])

@@ -10,6 +10,7 @@ every result is computed in memory first and the output directory appears only a
 
 import contextlib
 import io
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -115,6 +116,16 @@ def resume_hint(cmd, argv: Sequence[str]) -> str:
     return f"nothing was written{where}; run the command again"
 
 
+def say(line: str) -> None:
+    """``line`` on stderr in one write: under torchrun every rank may report the same error at once, and lines
+    written in pieces would interleave (one write of under PIPE_BUF bytes to a pipe is atomic)."""
+    sys.stderr.flush()
+    try:
+        os.write(sys.stderr.fileno(), (line + "\n").encode("utf-8", "replace"))
+    except (AttributeError, OSError, ValueError):     # a stderr without a descriptor (captured in tests)
+        print(line, file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 2 bad input, 128 + N after signal N). Without ``argv`` (the
     ``nashpref`` program) the process ends here (:func:`quick_exit`)."""
@@ -125,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with interruptible():
             status = run(argv, parsed)
     except Interrupted as stop:
-        print(f"interrupted by {stop.name}: {resume_hint(parsed[0] if parsed else None, argv)}", file=sys.stderr)
+        say(f"interrupted by {stop.name}: {resume_hint(parsed[0] if parsed else None, argv)}")
         status = stop.exit_status
     if program:
         quick_exit(status)
@@ -211,7 +222,7 @@ def run(argv: Sequence[str], parsed: list) -> int:
         sys.stderr.close()
         return 0
     except (NashprefError, OSError) as err:     # OSError: --out cannot be written
-        print(one_line(err), file=sys.stderr)
+        say(one_line(err))
         return EXIT_BAD_INPUT
 
 

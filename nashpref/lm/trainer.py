@@ -76,6 +76,7 @@ class TrainHooks(Hooks):
         self.sync = {"start": 0.0, "evaluation": 0.0}     # sync seconds at round start, during evaluation
         self.evaluation_seconds = 0.0
         self.optimizer, self.lr, self.lr_decay = None, None, 1.0     # set by _train for a decaying lr
+        self.oracle = None                  # an oracle with state across rounds (maxmin:), saved in checkpoints
 
     def synced(self) -> float:
         """Seconds the sampler has spent syncing weights so far (0 for samplers that share the policy's)."""
@@ -110,7 +111,7 @@ class TrainHooks(Hooks):
         row = {"iteration": report.iteration} | report.metrics
         drawn = self.backend.reduce({"drawn": sum(r.drawn for r in report.rounds)})["drawn"]
         row |= {"queries": report.queries, "pairs": len(pairs), "samples": round(drawn * self.backend.world_size)}
-        row |= report.evaluation
+        row |= report.evaluation | (self.oracle.loop_metrics() if self.oracle is not None else {})
         backends, labels, stale = self.ledger.take()
         row |= {"samplers": backends, "sample_weights": labels, "round_weights": self.round_step,
                 "trained_weights": self.ledger.weights_step}
@@ -142,11 +143,14 @@ class TrainHooks(Hooks):
         return rows
 
     def state_dict(self) -> dict:
-        return {"rows": [dict(row) for row in self.rows], "weights_step": self.ledger.weights_step}
+        return {"rows": [dict(row) for row in self.rows], "weights_step": self.ledger.weights_step,
+                "oracle": self.oracle.loop_state() if self.oracle is not None else None}
 
     def load_state_dict(self, state: dict) -> None:
         self.rows[:] = [dict(row) for row in state["rows"]]
         self.ledger.weights_step = state.get("weights_step", 0)
+        if self.oracle is not None and state.get("oracle") is not None:
+            self.oracle.load_loop_state(state["oracle"])
 
 
 def run_train(config: TrainConfig, solver: Solver | None = None, *, engine=None,
@@ -274,9 +278,10 @@ def _train(config, solver, policy, reference, oracle, sampler, train_rows, heldo
     hooks.tracker = tracker if backend.is_main else None
     if config.lr_decay != 1.0:
         hooks.optimizer, hooks.lr, hooks.lr_decay = optimizer, config.lr, config.lr_decay
-    from nashpref.preferences.payoff import game_oracle
+    from nashpref.preferences.payoff import game_oracle, stateful_oracle
 
     played, tau = game_oracle(oracle, config.payoff, config.tau, reference, config.seed)   # --payoff, maxmin:
+    hooks.oracle = stateful_oracle(played)
     with bar:
         state = self_play(solver, policy, reference, played, optimizer, num_contexts=num_train,
                           iterations=config.iterations, samples=config.samples, generator=generator,

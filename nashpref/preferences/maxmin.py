@@ -122,3 +122,16 @@ class BoundMaxMin:
         weights = group_weights(values) if eta is None else group_weights(self.total, eta)
         self.history.append((values, weights))
         return self.oracle.mixture(weights, contexts, a, b)
+
+    # ---- what the training loop saves and reports --------------------------------------------------------------
+    def loop_state(self) -> dict:
+        """Hedge's running sums and the reference draws' generator: a resumed run continues both."""
+        return {"total": self.total.clone(), "generator": self.generator.get_state()}
+
+    def load_loop_state(self, state: dict) -> None:
+        self.total = state["total"].clone()
+        self.generator.set_state(state["generator"])
+
+    def loop_metrics(self) -> dict:
+        """The group weights of the last preference call, for metrics.jsonl."""
+        return {"group_weights": self.history[-1][1].tolist()} if self.history else {}

@@ -63,3 +63,10 @@ def game_oracle(oracle, payoff: str, tau: float, reference=None, seed: int = 0,
         return oracle, tau
     wrapped = LogOddsPayoff(oracle, dtype)
     return wrapped, tau * wrapped.scale
+
+
+def stateful_oracle(oracle):
+    """The part of a played oracle that carries state across rounds (``loop_state``, e.g. ``maxmin:``'s group
+    weights), so that checkpoints keep it; None when there is none."""
+    inner = oracle.oracle if isinstance(oracle, LogOddsPayoff) else oracle
+    return inner if hasattr(inner, "loop_state") else None
