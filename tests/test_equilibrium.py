@@ -216,3 +216,24 @@ def test_shipped_bt_transitive_equilibrium_is_not_the_rlhf_policy():
     assert rlhf[0] == pytest.approx(0.990, abs=5e-4)
     assert np.abs(eq.policy[0].numpy() - rlhf).sum() == pytest.approx(0.87, abs=5e-3)
     assert game.gap(torch.as_tensor(rlhf)[None]).item() > 0.1
+
+
+# ---- regression: a thread-count change must not hang the multi-context Newton solve ----------------------------------
+def test_newton_survives_a_thread_count_change():
+    """torch 2.13's batched LU (MKL) hangs after torch.set_num_threads(2); the solver factors one context at a time.
+    Run in a fresh process with a time limit, so a regression fails instead of stalling the suite."""
+    import subprocess
+    import sys
+
+    script = ("import torch, numpy as np\n"
+              "from nashpref.core.equilibrium import solve_equilibrium\n"
+              "from nashpref.core.game import PreferenceGame\n"
+              "rng = np.random.default_rng(3)\n"
+              "low = np.tril(rng.random((2, 300, 300)), k=-1)\n"
+              "P = low + np.triu(1 - np.swapaxes(low, 1, 2), k=1) + 0.5 * np.eye(300)\n"
+              "torch.set_num_threads(1); torch.set_num_threads(2)\n"
+              "game = PreferenceGame.create(P, np.full((2, 300), 1 / 300), 1.0)\n"
+              "print(solve_equilibrium(game).gap.max().item())\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert float(done.stdout.split()[-1]) <= NEWTON_GAP

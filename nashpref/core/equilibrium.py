@@ -107,7 +107,10 @@ def _newton(game: PreferenceGame, s: Tensor, tol: float, residual_tol: float, ma
             return s, step_count
         # J = I − P(diag π − ππᵀ)/τ, formed in O(N²) per context: P diag π − (Pπ)πᵀ
         PD = P * pi.unsqueeze(-2) - game.win_rates(pi).unsqueeze(-1) * pi.unsqueeze(-2)
-        delta = torch.linalg.solve(eye - PD / tau, -r.unsqueeze(-1)).squeeze(-1)
+        # One context at a time: torch 2.13's batched LU (MKL) hangs once torch.set_num_threads(>1) has been
+        # called ("oneMKL ERROR: Parameter 6 was incorrect on entry to DLASWP"); the unbatched solve does not
+        jacobian = eye - PD / tau
+        delta = torch.stack([torch.linalg.solve(jacobian[c], -r[c]) for c in range(jacobian.shape[0])])
         # Backtracking per context on ‖r‖²: the Newton step is a descent direction for it (∇ = Jᵀr, so the
         # slope is −‖r‖²), which the max-norm does not guarantee.
         merit = r.square().sum(-1)
