@@ -77,3 +77,39 @@ def lbfgs_minimiser(start_log_pi: torch.Tensor, loss_of_log_pi, max_iter: int = 
     for _ in range(5):
         optimizer.step(closure)
     return torch.softmax(theta.detach(), -1)
+
+
+# Weighted rock-paper-scissors (games/weighted-rps.toml), the hand-step tests' game.
+WRPS = [[0.5, 0.4, 0.8], [0.6, 0.5, 0.0], [0.2, 1.0, 0.5]]
+
+
+def make_solver(name: str, **options):
+    """The registered solver ``name`` with Config options."""
+    from nashpref.solvers import get_solver
+
+    cls = get_solver(name)
+    return cls(cls.Config(**options))
+
+
+def hedge_trajectory(solver, game: PreferenceGame, steps: int):
+    """The exact dynamics from μ: KL(π*‖π_t) and the gap of π_t per step, and the average iterate's policy."""
+    from nashpref.core.equilibrium import solve_equilibrium
+    from nashpref.core.game import kl_divergence
+
+    star = solve_equilibrium(game).policy
+    log_pi, total, kls, gaps = game.log_mu, torch.zeros_like(game.mu), [], []
+    for t in range(steps):
+        log_pi = solver.step(game, log_pi, t)
+        total += log_pi.exp()
+        kls.append(kl_divergence(star, log_pi.exp()).item())
+        gaps.append(game.gap(log_pi.exp()).item())
+    return np.array(kls), np.array(gaps), total / steps
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test, the previous count restored after it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from conftest import Scripted, lbfgs_minimiser
+from conftest import WRPS, Scripted, lbfgs_minimiser, make_solver
 from conftest_lm import tiny_dir  # noqa: F401  (fixture)
 from nashpref.core.equilibrium import extragradient_step, solve_equilibrium
 from nashpref.errors import BadInput
@@ -21,12 +21,10 @@ from nashpref.solvers import get_solver
 from nashpref.solvers.nash_mp import nash_mp_loss
 
 F64 = torch.float64
-WRPS = [[0.5, 0.4, 0.8], [0.6, 0.5, 0.0], [0.2, 1.0, 0.5]]
 
 
 def solver(**options):
-    cls = get_solver("nash-mp")
-    return cls(cls.Config(**options))
+    return make_solver("nash-mp", **options)
 
 
 def test_loss_on_three_pairs_by_hand():

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from conftest import Scripted, lbfgs_minimiser
+from conftest import WRPS, Scripted, lbfgs_minimiser, make_solver
 from conftest_lm import tiny_dir  # noqa: F401  (fixture)
 from nashpref.core.equilibrium import solve_equilibrium
 from nashpref.errors import BadInput
@@ -18,17 +18,14 @@ from nashpref.core.tabular import TabularPolicy
 from nashpref.core.tabular import MatrixOracle
 from nashpref.sampled import SampledConfig, run_sampled
 from nashpref.rounds import SelfPlayRound
-from nashpref.solvers import get_solver
 from nashpref.solvers.hedge import hedge_log_range
 from nashpref.solvers.onpo import onpo_loss
 
 F64 = torch.float64
-WRPS = [[0.5, 0.4, 0.8], [0.6, 0.5, 0.0], [0.2, 1.0, 0.5]]
 
 
 def solver(**options):
-    cls = get_solver("onpo")
-    return cls(cls.Config(**options))
+    return make_solver("onpo", **options)
 
 
 def test_loss_on_three_pairs_by_hand():

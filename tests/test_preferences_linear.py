@@ -24,12 +24,7 @@ from nashpref.preferences.linear import (embed, fit_linear_model, load_backbone,
 from nashpref.tolerance import tolerance
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def texts(count: int, seed: int) -> tuple[list[str], list[str], list[str]]:
