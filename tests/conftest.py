@@ -113,3 +113,22 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def train_tiny(tiny_dir, tmp_path, solver: str):
+    """`nashpref train --solver SOLVER` on the tiny model: hf sampler, 2 iterations, K = 3, τ = 0.25, 4 training
+    prompts and 1 held out; returns the output directory."""
+    import json
+
+    from nashpref.cli import main
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in
+                               ["describe the red cat", "tell me about a robot", "what is the sea like?",
+                                "say one thing about a star", "describe a green hill"]), encoding="utf-8")
+    out = tmp_path / "run"
+    assert main(["train", "--policy", str(tiny_dir / "policy"), "--preference", f"reward:{tiny_dir / 'reward'}",
+                 "--prompts", str(prompts), "--solver", solver, "--sampler", "hf", "--heldout", "1",
+                 "--samples", "3", "--eval-samples", "2", "--max-new-tokens", "6", "--iterations", "2",
+                 "--tau", "0.25", "--lr", "1e-3", "--out", str(out)]) == 0
+    return out

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from conftest import WRPS, Scripted, lbfgs_minimiser, make_solver
+from conftest import WRPS, Scripted, lbfgs_minimiser, make_solver, train_tiny
 from conftest_lm import tiny_dir  # noqa: F401  (fixture)
 from nashpref.core.equilibrium import extragradient_step, solve_equilibrium
 from nashpref.errors import BadInput
@@ -177,20 +177,9 @@ def test_train_command_on_the_tiny_model(tiny_dir, tmp_path):
     """`nashpref train --solver nash-mp`, hf sampler, 2 iterations, K = 3, 4 prompts: 4K queries per prompt and
     iteration. The reported loss is the full step's at θ_t = π_t = μ, the mean of (ηa(P(y ≻ y'') − P(y' ≻ y'')))²
     over the full step's saved queries, ηa = η/(1+ητ)."""
-    import json
-
-    from nashpref.cli import main
     from nashpref.io import read_jsonl
 
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in
-                               ["describe the red cat", "tell me about a robot", "what is the sea like?",
-                                "say one thing about a star", "describe a green hill"]), encoding="utf-8")
-    out = tmp_path / "run"
-    assert main(["train", "--policy", str(tiny_dir / "policy"), "--preference", f"reward:{tiny_dir / 'reward'}",
-                 "--prompts", str(prompts), "--solver", "nash-mp", "--sampler", "hf", "--heldout", "1",
-                 "--samples", "3", "--eval-samples", "2", "--max-new-tokens", "6", "--iterations", "2",
-                 "--tau", "0.25", "--lr", "1e-3", "--out", str(out)]) == 0
+    out = train_tiny(tiny_dir, tmp_path, "nash-mp")
     rows = read_jsonl(out / "metrics.jsonl")
     saved = torch.tensor([r["preference"] for r in read_jsonl(out / "rounds" / "iteration-0001.jsonl")], dtype=F64)
     assert saved.numel() == 4 * 4 * 3 and rows[0]["queries"] == 48 and rows[1]["queries"] == 96

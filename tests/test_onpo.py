@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from conftest import WRPS, Scripted, lbfgs_minimiser, make_solver
+from conftest import WRPS, Scripted, lbfgs_minimiser, make_solver, train_tiny
 from conftest_lm import tiny_dir  # noqa: F401  (fixture)
 from nashpref.core.equilibrium import solve_equilibrium
 from nashpref.errors import BadInput
@@ -171,20 +171,9 @@ def test_train_command_on_the_tiny_model(tiny_dir, tmp_path):
     """`nashpref train --solver onpo`, hf sampler, 2 iterations, K = 3, 4 prompts. Round 1 has no memory, so its
     loss at θ = π_t = μ is the mean of (η(P − ½))² over the saved pairs (η = 1/(1+τ)); round 2 adds K queries per
     prompt against round 1's responses."""
-    import json
-
-    from nashpref.cli import main
     from nashpref.io import read_jsonl
 
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in
-                               ["describe the red cat", "tell me about a robot", "what is the sea like?",
-                                "say one thing about a star", "describe a green hill"]), encoding="utf-8")
-    out = tmp_path / "run"
-    assert main(["train", "--policy", str(tiny_dir / "policy"), "--preference", f"reward:{tiny_dir / 'reward'}",
-                 "--prompts", str(prompts), "--solver", "onpo", "--sampler", "hf", "--heldout", "1",
-                 "--samples", "3", "--eval-samples", "2", "--max-new-tokens", "6", "--iterations", "2",
-                 "--tau", "0.25", "--lr", "1e-3", "--out", str(out)]) == 0
+    out = train_tiny(tiny_dir, tmp_path, "onpo")
     rows = read_jsonl(out / "metrics.jsonl")
     first = [r["preference"] for r in read_jsonl(out / "rounds" / "iteration-0001.jsonl")]
     assert len(first) == 4 * 3 and rows[1]["pairs"] == 4 * (3 + 3)
