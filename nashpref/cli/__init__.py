@@ -148,12 +148,17 @@ def quick_exit(status: int) -> None:
     collections over every object of torch, transformers and vLLM, module after module, after vLLM's engine
     shutdown has unfrozen the heap: 5-7 s after a vLLM run on this machine (bench/startup). Here the exit
     handlers run (logging, vLLM's shutdown, temporary directories), the streams are flushed and the process
-    exits without the collections. Not under torchrun, nor while a non-daemon thread is still running: those
-    exit the ordinary way."""
+    exits without the collections. A rank under torchrun that failed ends at once, without the exit handlers;
+    other torchrun ranks, and a process whose non-daemon thread is still running, exit the ordinary way."""
     import atexit
     import os
     import threading
 
+    if "RANK" in os.environ and status != 0:       # a failed rank: its peers are gone or failing too, and the
+        for stream in (sys.stdout, sys.stderr):      # teardown of gloo's threads would abort with a second line
+            with contextlib.suppress(Exception):     # ("terminate called without an active exception")
+                stream.flush()
+        os._exit(status)
     if "RANK" in os.environ or any(t.is_alive() and not t.daemon for t in threading.enumerate()
                                    if t is not threading.main_thread()):
         return
