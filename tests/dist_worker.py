@@ -225,4 +225,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from nashpref.cli import quick_exit
+
     main()
+    quick_exit(0)           # as the nashpref program ends: no interpreter teardown racing gloo's threads

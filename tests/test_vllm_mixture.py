@@ -385,11 +385,16 @@ def test_a_compiled_engine_mixes_exactly_and_follows_a_sync(tiny_dir, models):
     """torch.compile (inductor) instead of eager mode, the faster engine on CPU in bench/vllm-mixture: one graph
     is compiled for two stacks of one shape, so this catches a stack that runs the other's weights (β would
     not matter), weights frozen into the compiled code at start (the sync would not take), and fused kernels
-    that round outside the tolerance."""
+    that round outside the tolerance. Built as ``nashpref train --vllm-compile`` builds it."""
+    from nashpref.lm.build import make_vllm_engine
+    from nashpref.lm.config import TrainConfig
+
     policy, reference = models
-    compiled = VLLMMixtureSampler(str(tiny_dir / "policy"), SamplingConfig(max_new_tokens=16), seed=0,
-                                  max_model_len=256, engine_kwargs={"enforce_eager": False})
+    compiled = make_vllm_engine(TrainConfig(policy=str(tiny_dir / "policy"), preference="", prompts="",
+                                            solver="nash-md", out=Path("unused"), max_new_tokens=16,
+                                            max_model_len=256, vllm_compile=True), mixture=True)
     try:
+        assert isinstance(compiled, VLLMMixtureSampler)
         assert not compiled.llm.llm_engine.vllm_config.model_config.enforce_eager
         compiled.sync_weights(policy)
         prompt = policy.prompt_ids[1]

@@ -146,23 +146,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 def quick_exit(status: int) -> None:
     """End the process now that the work is done and written. The interpreter's own exit runs full garbage
     collections over every object of torch, transformers and vLLM, module after module, after vLLM's engine
-    shutdown has unfrozen the heap: 5-7 s after a vLLM run on this machine (bench/startup). Here the exit
-    handlers run (logging, vLLM's shutdown, temporary directories), the streams are flushed and the process
-    exits without the collections. A rank under torchrun that failed ends at once, without the exit handlers;
-    other torchrun ranks, and a process whose non-daemon thread is still running, exit the ordinary way."""
+    shutdown has unfrozen the heap: 5-7 s after a vLLM run on this machine (bench/startup); under torchrun it
+    also destroys gloo's objects in whatever order finalization reaches them, which can abort a finished rank.
+    Here the exit handlers run (logging, vLLM's shutdown, temporary directories), the streams are flushed and the
+    process exits without the collections. A rank under torchrun that failed ends at once, without the exit
+    handlers (its peers are gone or failing too). A process whose non-daemon thread still runs exits the
+    ordinary way."""
     import atexit
     import os
     import threading
 
-    if "RANK" in os.environ and status != 0:       # a failed rank: its peers are gone or failing too, and the
-        for stream in (sys.stdout, sys.stderr):      # teardown of gloo's threads would abort with a second line
-            with contextlib.suppress(Exception):     # ("terminate called without an active exception")
-                stream.flush()
-        os._exit(status)
-    if "RANK" in os.environ or any(t.is_alive() and not t.daemon for t in threading.enumerate()
-                                   if t is not threading.main_thread()):
+    failed_rank = "RANK" in os.environ and status != 0
+    if not failed_rank and any(t.is_alive() and not t.daemon for t in threading.enumerate()
+                               if t is not threading.main_thread()):
         return
-    atexit._run_exitfuncs()
+    if not failed_rank:
+        atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()

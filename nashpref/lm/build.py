@@ -57,7 +57,7 @@ def make_vllm_engine(config: TrainConfig, mixture: bool = False, world_size: int
     options = dict(dtype=config.dtype, seed=config.seed, tolerance=config.sync_tolerance,
                    gpu_memory_utilization=config.gpu_memory_utilization,
                    tensor_parallel_size=config.tensor_parallel_size, enable_sleep_mode=config.enable_sleep_mode,
-                   max_model_len=config.max_model_len)
+                   max_model_len=config.max_model_len, enforce_eager=False if config.vllm_compile else None)
     if config.lora_rank > 0:
         from nashpref.lm.samplers.vllm_lora import lora_engine_options
 

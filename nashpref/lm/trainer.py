@@ -291,7 +291,6 @@ def _train(config, solver, policy, reference, oracle, sampler, train_rows, heldo
                           backend=backend, hooks=hooks, checkpoints=out / CHECKPOINTS, resume=config.resume)
     model = policy.twin() if hasattr(policy, "twin") else policy     # a sharded policy: all ranks gather it
     final = save_final(out, model) if backend.is_main else out / "final"
-    backend.barrier()
     backend.close()
     return TrainResult(rows=hooks.rows, final=final, iterations=state["iteration"], seconds=state["seconds"])
 

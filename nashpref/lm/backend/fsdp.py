@@ -92,6 +92,11 @@ class DataParallelBackend:
             dist.barrier()
 
     def close(self) -> None:
+        """End the group after a successful run (every rank calls it). The barrier first: in CI a rank that
+        destroyed its gloo group while its peer was still writing files aborted ("terminate called without an
+        active exception")."""
+        if dist.is_initialized():
+            dist.barrier()
         if self.owns_group and dist.is_initialized():
             _leave_vllm_groups()
         if self.owns_group and dist.is_initialized():
