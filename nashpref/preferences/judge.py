@@ -91,21 +91,32 @@ def hf_generator(path: str, max_new_tokens: int, *, device: str | None = None, d
 
 
 def vllm_generator(path: str, max_new_tokens: int, *, dtype: str = "auto", **engine):
-    """Greedy generation by a second in-process vLLM engine holding the judge."""
+    """Greedy generation by a second in-process vLLM engine holding the judge. Under torchrun (the process group
+    joined) each rank gets its own engine, as the sampler does (``per_rank_options``), with the tensor-parallel
+    size of vLLM's groups in this process: vLLM keeps one set per process, so a judge next to a tensor-parallel
+    sampler is tensor-parallel too, and then the ranks of a group judge their union of pairs together."""
+    import torch.distributed as dist
     from transformers import AutoTokenizer
 
     from nashpref.lm.policy import render_prompt
-    from nashpref.lm.samplers.base import SamplingConfig
-    from nashpref.lm.samplers.vllm import VLLMSampler
+    from nashpref.lm.samplers.base import SamplingConfig, in_step
+    from nashpref.lm.samplers.vllm import VLLMSampler, per_rank_options, running_tensor_parallel_size
 
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        size = engine.setdefault("tensor_parallel_size", running_tensor_parallel_size())
+        engine["engine_kwargs"] = engine.get("engine_kwargs", {}) | per_rank_options(dist.get_world_size(), size)
     tokenizer = AutoTokenizer.from_pretrained(path)
     sampler = VLLMSampler(path, SamplingConfig(max_new_tokens=max_new_tokens, temperature=0), dtype=dtype, **engine)
 
-    def generate(messages: list[str]) -> list[str]:
+    def answer(messages: list[str]) -> list[str]:
         from vllm import SamplingParams
 
         params = SamplingParams(max_tokens=max_new_tokens, temperature=0.0)
         outputs = sampler.llm.generate([{"prompt_token_ids": render_prompt(tokenizer, m)} for m in messages],
                                        params, use_tqdm=False)
         return [out.outputs[0].text for out in outputs]
+
+    def generate(messages: list[str]) -> list[str]:
+        return in_step(sampler.group, messages, answer)
+    generate.sampler = sampler          # the engine, for callers that inspect it
     return generate
