@@ -110,7 +110,7 @@ class TrainConfig:
     gpu_memory_utilization: float = 0.5
     """[vllm] Share of GPU memory the engine may take (the policy, reference and optimizer need the rest)."""
     tensor_parallel_size: int = 1
-    """[vllm] GPUs the engine shards the model over."""
+    """[vllm] Devices the engine shards the model over; under torchrun, ranks per engine (must divide the ranks)."""
     enable_sleep_mode: bool = False
     """[vllm] Free the engine's GPU memory between rounds (sleep after sampling, wake for the next sync)."""
     max_model_len: int | None = None
