@@ -159,22 +159,23 @@ def test_vllm_mixture_engine_per_rank_from_the_command_line(tiny_dir, prompts_fi
     assert relative_gap(weights(runs[2] / "final"), weights(runs[1] / "final"), start) <= BOUND
 
 
-def test_vllm_tensor_parallel_engine_over_two_ranks_draws_what_one_rank_draws(vllm_runs, tiny_dir, prompts_file,
-                                                                             tmp_path):
-    """2 ranks, one engine of tensor parallel 2 (each rank holds half of every weight matrix and the two meet in
-    all-reduces over gloo): the same responses as one rank's engine of tensor parallel 1, token for token (seeded
-    per prompt; the all-reduce only changes float rounding, ~1e-6 in log-probs), and every rank's engine holds
-    the final weights (its teacher-forced log-probs match the saved final policy within the sync tolerance)."""
-    done = subprocess.run(torchrun(2, str(ROOT / "tests" / "dist_worker.py"), "vllm", str(tmp_path), str(tiny_dir),
-                                   str(prompts_file), "2", "sppo"), env=env(), capture_output=True, text=True,
-                          timeout=1500)
+@pytest.mark.parametrize("ranks", [2, 4])
+def test_vllm_tensor_parallel_engines_draw_what_one_rank_draws(ranks, vllm_runs, tiny_dir, prompts_file, tmp_path):
+    """Engines of tensor parallel 2 (each rank holds half of every weight matrix, and the two ranks of an engine
+    meet in all-reduces over gloo): one engine on 2 ranks, or two engines on 4 ranks. The responses are those of
+    one rank's engine of tensor parallel 1, token for token (seeded per prompt; the all-reduce only changes float
+    rounding, ~1e-6 in log-probs), and every rank's engine holds the final weights (its teacher-forced log-probs
+    match the saved final policy within the sync tolerance)."""
+    done = subprocess.run(torchrun(ranks, str(ROOT / "tests" / "dist_worker.py"), "vllm", str(tmp_path),
+                                   str(tiny_dir), str(prompts_file), "2", "sppo"), env=env(), capture_output=True,
+                          text=True, timeout=1500)
     assert done.returncode == 0, done.stderr[-3000:]
     one, two = vllm_runs[1] / "sppo", tmp_path / "sppo"
     for iteration in (1, 2):
         name = f"rounds/iteration-{iteration:04d}.jsonl"
         assert [(r["prompt"], r["a"], r["b"]) for r in read_jsonl(one / name)] == \
                [(r["prompt"], r["a"], r["b"]) for r in read_jsonl(two / name)]
-    for rank in (0, 1):
+    for rank in range(ranks):
         seen = json.loads((two / f"engine-rank{rank}.json").read_text())
         assert (seen["executor"], seen["tensor_parallel"], seen["group"]) == ("ExecutorWithExternalLauncher", 2, 2)
         assert seen["version"] >= 4 and 0 <= seen["verify_error"] <= seen["tolerance"]

@@ -339,9 +339,10 @@ def per_rank_options(world_size: int, tensor_parallel_size: int = 1) -> dict:
 
 class EngineGroup:
     """The ranks that run one tensor-parallel engine under torchrun (vLLM's tensor-parallel group). Each rank of
-    it has its own share of a round's prompts, but vLLM schedules every rank's part of the engine on its own, and
-    the parts meet in the all-reduces of every forward: they must be given the same requests in the same order,
-    or their schedules part and the collectives hang. ``union`` gathers the members' items in rank order."""
+    it has its own share of a round's prompts, but under the external launcher every rank runs its own scheduler
+    for its part of the engine, and the parts meet in the all-reduces of every forward: they must be given the
+    same requests in the same order, or the all-reduces would pair different forwards. ``union`` gathers the
+    members' items in rank order."""
 
     def __init__(self, group):
         import torch.distributed as dist
