@@ -23,7 +23,8 @@ class TrainConfig:
     """The policy to train: a transformers causal-LM hub id or a local directory (with its tokenizer)."""
     preference: str
     """Preference oracle P(a ≻ b | x): reward:PATH (Bradley-Terry over a reward model), pairwise:PATH (a pairwise
-    classifier read in both orders), judge:PATH (an instruction model, position-swapped), rule:NAME (length, warm,
+    classifier read in both orders), judge:PATH (an instruction model, position-swapped; judge:vllm:PATH answers with its own vLLM engine, one per
+    rank under torchrun), rule:NAME (length, warm,
     cyclic), python:FILE.py:NAME (your function (prompts, a, b) -> list of P(a ≻ b)), mix:W1=SPEC1;W2=SPEC2 (a
     weighted mixture of oracles), ensemble:min:PATH1,PATH2 / ensemble:mean-std@C:PATH1,PATH2 (reward models
     aggregated pessimistically, then Bradley-Terry) or maxmin:SPEC1;SPEC2 (user groups: each query batch weighs
