@@ -12,7 +12,12 @@
   sampler's copy share, their log-probs with the adapters on and off (OUT/lora-rankR.json), then ``run_train``
   of SPPO and Nash-MD with ``lora_rank=4`` for 2 iterations into OUT/<solver>;
 * ``vllm`` — ``run_train`` of SPPO and online IPO with ``--sampler vllm --verify-sync`` for 2 iterations (arguments
-  3-4 as for ``solvers``), one vLLM engine per rank shared by both runs, into OUT/<solver>;
+  3-4 as for ``solvers``; argument 5: the tensor-parallel size, default 1; argument 6: the solvers, comma
+  separated), one vLLM engine per rank (or per group of ranks) shared by the runs, into OUT/<solver>; then the
+  engine is checked against the policy in OUT/<solver>/final;
+* ``judge`` — a vLLM sampler engine per rank (argument 4: its tensor-parallel size) and next to it a vLLM judge
+  of the tiny policy (argument 3: the tiny directory), which judges this rank's share of ``JUDGED`` pairs
+  (OUT/judge-rankR.json: the judge's answers and P(a ≻ b));
 * ``solvers`` — ``run_train`` (--backend fsdp) of every registered solver for 2 iterations on the tiny model
   (argument 3: its directory; argument 4: the prompt file), into OUT/<solver>.
 """
@@ -89,22 +94,53 @@ def train_every_solver(out: Path, tiny: Path, prompts: Path) -> None:
         run_train(config, progress=False)
 
 
-def train_with_vllm(out: Path, tiny: Path, prompts: Path, world_size: int) -> None:
+def train_with_vllm(out: Path, tiny: Path, prompts: Path, world_size: int, tensor_parallel: int = 1,
+                    solvers: tuple[str, ...] = ("sppo", "online-ipo")) -> None:
     from nashpref.lm.build import make_vllm_engine
     from nashpref.lm.config import TrainConfig
+    from nashpref.lm.policy import LMPolicy
     from nashpref.lm.trainer import run_train
 
     engine = None               # one engine per process: vLLM joins its groups once
-    for name in ("sppo", "online-ipo"):
+    texts = [json.loads(line)["prompt"] for line in prompts.read_text().splitlines()]
+    for name in solvers:
         config = TrainConfig(policy=str(tiny / "policy"), preference=f"reward:{tiny / 'reward'}",
                              prompts=str(prompts), solver=name, out=out / name, sampler="vllm", verify_sync=True,
                              iterations=2, heldout=3, samples=2, eval_samples=2, max_new_tokens=8, lr=1e-3,
-                             tau=0.1, backend="fsdp", timeout=300)
+                             tau=0.1, backend="fsdp", timeout=300, tensor_parallel_size=tensor_parallel)
         engine = engine or make_vllm_engine(config, world_size=world_size)
         run_train(config, engine=engine, progress=False)
+        final = LMPolicy.from_pretrained(str(out / name / "final"), texts, device="cpu", dtype="float32")[0]
         (out / name / f"engine-rank{engine_rank()}.json").write_text(json.dumps(
             {"version": engine.version, "verify_error": engine.last_verify_error, "tolerance": engine.tolerance,
-             "executor": type(engine.llm.llm_engine.model_executor).__name__}))
+             "final_error": engine.verify_sync(final),      # the engine holds the weights the run ended with
+             "executor": type(engine.llm.llm_engine.model_executor).__name__,
+             "tensor_parallel": engine.llm.llm_engine.vllm_config.parallel_config.tensor_parallel_size,
+             "group": None if engine.group is None else engine.group.size}))
+
+
+JUDGED = [("describe the red cat", "the red cat sleeps.", "a cat."), ("tell me about a robot", "robots", "a robot."),
+          ("what is the river like?", "cold", "the river is wide."), ("say something about a warm star", "hot", "x"),
+          ("describe the golden ship", "a ship of gold.", "ship"), ("tell me about a bird", "it flies.", "birds")]
+
+
+def judge_per_rank(out: Path, tiny: Path, tensor_parallel: int, backend) -> None:
+    from nashpref.lm.samplers.vllm import VLLMSampler, per_rank_options
+    from nashpref.preferences.judge import JudgeOracle
+
+    policy = VLLMSampler(str(tiny / "policy"), max_model_len=256, tensor_parallel_size=tensor_parallel,
+                         engine_kwargs=per_rank_options(backend.world_size, tensor_parallel))
+    judge = JudgeOracle.from_pretrained(str(tiny / "policy"), backend="vllm", max_model_len=256)
+    answers: list[str] = []
+    generate = judge.generate
+    judge.generate = lambda messages: answers.extend(generate(messages)) or answers[-len(messages):]
+    prompts, a, b = zip(*backend.shard(JUDGED))
+    preference = judge.prefer_texts(list(prompts), list(a), list(b)).tolist()
+    engine = generate.sampler.llm.llm_engine
+    (out / f"judge-rank{backend.rank}.json").write_text(json.dumps(
+        {"answers": answers, "preference": preference, "executor": type(engine.model_executor).__name__,
+         "tensor_parallel": engine.vllm_config.parallel_config.tensor_parallel_size,
+         "separate": generate.sampler.llm is not policy.llm}))
 
 
 def engine_rank() -> int:
@@ -149,10 +185,15 @@ def lora_under_fsdp(out: Path, tiny: Path, prompts: Path, backend) -> None:
 
 def main() -> None:
     scenario, out = sys.argv[1], Path(sys.argv[2])
-    if scenario in ("solvers", "lora", "vllm"):     # one process group for all the runs (each leaves it open)
+    if scenario in ("solvers", "lora", "vllm", "judge"):     # one process group for all the runs (each leaves it open)
         backend = FSDPBackend(device="cpu", timeout=300)
         if scenario == "vllm":
-            train_with_vllm(out, Path(sys.argv[3]), Path(sys.argv[4]), backend.world_size)
+            extra = sys.argv[5:]
+            train_with_vllm(out, Path(sys.argv[3]), Path(sys.argv[4]), backend.world_size,
+                            int(extra[0]) if extra else 1, tuple(extra[1].split(",")) if len(extra) > 1 else
+                            ("sppo", "online-ipo"))
+        elif scenario == "judge":
+            judge_per_rank(out, Path(sys.argv[3]), int(sys.argv[4]), backend)
         elif scenario == "lora":
             lora_under_fsdp(out, Path(sys.argv[3]), Path(sys.argv[4]), backend)
         else:

@@ -128,15 +128,21 @@ def test_lora_policy_syncs_merged_weights(tiny_dir, engine):
 
 
 def test_vllm_judge_reads_the_same_greedy_answers_as_transformers(tiny_dir):
-    """A second in-process engine (the judge) next to the sampler's; greedy fp32 answers match transformers."""
+    """A second in-process engine (the judge, ``--preference judge:vllm:PATH``) next to the sampler's; greedy fp32
+    answers match transformers."""
     from nashpref.lm.loading import load_causal_lm
     from nashpref.lm.policy import render_prompt
-    from nashpref.preferences.judge import JudgeOracle, hf_generator, vllm_generator
+    from nashpref.preferences import load_text_oracle
+    from nashpref.preferences.judge import JudgeOracle, hf_generator
     from nashpref.lm.samplers.hf import generate_texts
 
     path = str(tiny_dir / "policy")
     messages = JudgeOracle(lambda m: m).requests(PROMPTS[:2], ["the warm cat.", "a robot"], ["the cold cat.", "x"])
-    answers = vllm_generator(path, 12, max_model_len=256)(messages)
+    judge = load_text_oracle(f"judge:vllm:{path}")
+    assert judge.generate.sampler is None               # the engine starts at the first verdict
+    answers = judge.generate(messages)
+    assert judge.generate.sampler.backend == "vllm"
     model, tok = load_causal_lm(path, device="cpu")
-    assert answers == [generate_texts(model, tok, [render_prompt(tok, m)], 12)[0] for m in messages]
-    assert answers == hf_generator(path, 12, device="cpu")(messages)
+    assert answers == [generate_texts(model, tok, [render_prompt(tok, m)], 16)[0] for m in messages]
+    assert answers == hf_generator(path, 16, device="cpu")(messages)
+    assert load_text_oracle(f"judge:{path}").generate.__qualname__.startswith("hf_generator")

@@ -5,6 +5,8 @@
   weight matters), and final weights equal up to float rounding (relative to the size of the update);
 * vLLM per rank (``--sampler vllm --verify-sync``): each rank's own engine samples its prompts; 2 ranks draw
   the same responses as 1 and end with the same weights up to float rounding, and every rank checked its sync;
+  with ``--tensor-parallel-size 2`` the 2 ranks share one engine and still draw what 1 rank draws; a vLLM judge
+  per rank (next to the sampler's engine) answers its own pairs as transformers does in one process;
 * LoRA under FSDP: the reference is the base with the adapters off (sharing the sampler copy's tensors), and
   2 ranks train like 1, moving only the adapted layers;
 * faults: ``kill -9`` (or ``kill -STOP``) of one rank ends the others within the timeout with one ``error:`` line
@@ -126,6 +128,7 @@ def test_vllm_engine_per_rank_trains_like_one_rank(solver, vllm_runs, tiny_dir):
         seen = json.loads((two / f"engine-rank{rank}.json").read_text())
         assert seen["executor"] == "ExecutorWithExternalLauncher" and seen["version"] >= 4
         assert 0 <= seen["verify_error"] <= seen["tolerance"]
+        assert 0 <= seen["final_error"] <= seen["tolerance"]       # the engine ends on the final weights
     start = weights(tiny_dir / "policy")
     final_one, final_two = weights(one / "final"), weights(two / "final")
     assert final_one.keys() == final_two.keys() == start.keys()
@@ -156,17 +159,64 @@ def test_vllm_mixture_engine_per_rank_from_the_command_line(tiny_dir, prompts_fi
     assert relative_gap(weights(runs[2] / "final"), weights(runs[1] / "final"), start) <= BOUND
 
 
-def test_vllm_tensor_parallel_under_torchrun_is_one_line(tiny_dir, prompts_file, tmp_path):
+@pytest.mark.parametrize("ranks", [2, 4])
+def test_vllm_tensor_parallel_engines_draw_what_one_rank_draws(ranks, vllm_runs, tiny_dir, prompts_file, tmp_path):
+    """Engines of tensor parallel 2 (each rank holds half of every weight matrix, and the two ranks of an engine
+    meet in all-reduces over gloo): one engine on 2 ranks, or two engines on 4 ranks. The responses are those of
+    one rank's engine of tensor parallel 1, token for token (seeded per prompt; the all-reduce only changes float
+    rounding, ~1e-6 in log-probs), and every rank's engine holds the final weights (its teacher-forced log-probs
+    match the saved final policy within the sync tolerance)."""
+    done = subprocess.run(torchrun(ranks, str(ROOT / "tests" / "dist_worker.py"), "vllm", str(tmp_path),
+                                   str(tiny_dir), str(prompts_file), "2", "sppo"), env=env(), capture_output=True,
+                          text=True, timeout=1500)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = vllm_runs[1] / "sppo", tmp_path / "sppo"
+    for iteration in (1, 2):
+        name = f"rounds/iteration-{iteration:04d}.jsonl"
+        assert [(r["prompt"], r["a"], r["b"]) for r in read_jsonl(one / name)] == \
+               [(r["prompt"], r["a"], r["b"]) for r in read_jsonl(two / name)]
+    for rank in range(ranks):
+        seen = json.loads((two / f"engine-rank{rank}.json").read_text())
+        assert (seen["executor"], seen["tensor_parallel"], seen["group"]) == ("ExecutorWithExternalLauncher", 2, 2)
+        assert seen["version"] >= 4 and 0 <= seen["verify_error"] <= seen["tolerance"]
+        assert 0 <= seen["final_error"] <= seen["tolerance"]
+    start = weights(tiny_dir / "policy")
+    assert relative_gap(weights(two / "final"), weights(one / "final"), start) <= BOUND
+
+
+def test_vllm_tensor_parallel_must_divide_the_ranks(tiny_dir, prompts_file, tmp_path):
     pytest.importorskip("vllm")
     out = tmp_path / "run"
     args = with_options(train_args(tiny_dir, prompts_file, out), sampler="vllm")
-    done = subprocess.run(torchrun(2, *args, "--tensor-parallel-size", "2"), env=env(), capture_output=True,
+    done = subprocess.run(torchrun(2, *args, "--tensor-parallel-size", "3"), env=env(), capture_output=True,
                           text=True, timeout=600)
     assert done.returncode != 0 and not out.exists()
     errors = {line for line in done.stderr.splitlines() if line.startswith("error:")}
-    assert errors == {"error: --tensor-parallel-size 2 under torchrun: not supported yet, each rank runs its own "
-                      "vLLM engine on its own device (tensor parallel 1); use 1, or one process with --sampler "
-                      "vllm --tensor-parallel-size K"}
+    assert errors == {"error: --tensor-parallel-size 3: must divide the number of ranks (2)"}
+
+
+@pytest.mark.parametrize("tensor_parallel", [1, 2])
+def test_vllm_judge_per_rank_answers_as_transformers(tensor_parallel, tiny_dir, tmp_path):
+    """``JudgeOracle.from_pretrained(..., backend="vllm")`` under torchrun, next to a sampler engine: each rank's
+    judge (its own engine, or with tensor parallel 2 the ranks' shared one) answers that rank's pairs with the
+    greedy answers of the transformers judge in one process, so the verdicts are the same."""
+    pytest.importorskip("vllm")
+    sys.path.insert(0, str(ROOT / "tests"))
+    from dist_worker import JUDGED
+    from nashpref.lm.backend.distributed import shard_items
+    from nashpref.preferences.judge import JudgeOracle, hf_generator
+
+    done = subprocess.run(torchrun(2, str(ROOT / "tests" / "dist_worker.py"), "judge", str(tmp_path), str(tiny_dir),
+                                   str(tensor_parallel)), env=env(), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    transformers = JudgeOracle(hf_generator(str(tiny_dir / "policy"), 16, device="cpu", dtype="float32"))
+    for rank in (0, 1):
+        seen = json.loads((tmp_path / f"judge-rank{rank}.json").read_text())
+        prompts, a, b = (list(column) for column in zip(*shard_items(JUDGED, 2, rank)))
+        assert seen["answers"] == transformers.generate(transformers.requests(prompts, a, b))
+        assert seen["preference"] == transformers.prefer_texts(prompts, a, b).tolist()
+        assert (seen["executor"], seen["tensor_parallel"], seen["separate"]) == \
+               ("ExecutorWithExternalLauncher", tensor_parallel, True)
 
 
 @pytest.fixture(scope="module")

@@ -75,16 +75,11 @@ def make_vllm_engine(config: TrainConfig, mixture: bool = False, world_size: int
 
 
 def check_vllm_ranks(config: TrainConfig, world_size: int) -> None:
-    """Under torchrun with several ranks: ``--tensor-parallel-size K`` must divide the world size, and only K = 1
-    runs (each rank's engine alone). K > 1 would make one engine of K ranks, which must all send it the same
-    requests in lockstep, while each rank samples its own prompts."""
+    """Under torchrun with several ranks: ``--tensor-parallel-size K`` must divide the world size (vLLM's external
+    launcher makes world size / K engines of K consecutive ranks each)."""
     k = config.tensor_parallel_size
     if world_size % k:
         raise BadInput(f"--tensor-parallel-size {k}: must divide the number of ranks ({world_size})")
-    if k > 1:
-        raise BadInput(f"--tensor-parallel-size {k} under torchrun: not supported yet, each rank runs its own "
-                       "vLLM engine on its own device (tensor parallel 1); use 1, or one process with --sampler "
-                       "vllm --tensor-parallel-size K")
 
 
 def lora_modules(config: TrainConfig) -> str | list[str]:

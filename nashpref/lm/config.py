@@ -23,7 +23,8 @@ class TrainConfig:
     """The policy to train: a transformers causal-LM hub id or a local directory (with its tokenizer)."""
     preference: str
     """Preference oracle P(a ≻ b | x): reward:PATH (Bradley-Terry over a reward model), pairwise:PATH (a pairwise
-    classifier read in both orders), judge:PATH (an instruction model, position-swapped), rule:NAME (length, warm,
+    classifier read in both orders), judge:PATH (an instruction model, position-swapped; judge:vllm:PATH answers with its own vLLM engine, one per
+    rank under torchrun), rule:NAME (length, warm,
     cyclic), python:FILE.py:NAME (your function (prompts, a, b) -> list of P(a ≻ b)), mix:W1=SPEC1;W2=SPEC2 (a
     weighted mixture of oracles), ensemble:min:PATH1,PATH2 / ensemble:mean-std@C:PATH1,PATH2 (reward models
     aggregated pessimistically, then Bradley-Terry) or maxmin:SPEC1;SPEC2 (user groups: each query batch weighs
@@ -110,7 +111,7 @@ class TrainConfig:
     gpu_memory_utilization: float = 0.5
     """[vllm] Share of GPU memory the engine may take (the policy, reference and optimizer need the rest)."""
     tensor_parallel_size: int = 1
-    """[vllm] GPUs the engine shards the model over."""
+    """[vllm] Devices the engine shards the model over; under torchrun, ranks per engine (must divide the ranks)."""
     enable_sleep_mode: bool = False
     """[vllm] Free the engine's GPU memory between rounds (sleep after sampling, wake for the next sync)."""
     vllm_compile: bool = False

@@ -57,6 +57,15 @@ class JudgeOracle(TextOracle):
         """Verdicts that could not be parsed so far (each counted as a tie)."""
 
     @classmethod
+    def from_spec(cls, arg: str, *, device: str | None = None, dtype: str = "auto") -> "JudgeOracle":
+        """``judge:PATH`` answers through transformers; ``judge:vllm:PATH`` through its own in-process vLLM engine
+        (under torchrun one per rank, beside the sampler's)."""
+        backend, sep, path = arg.partition(":")
+        if sep and backend in ("hf", "vllm"):
+            return cls.from_pretrained(path, device=device, dtype=dtype, backend=backend)
+        return cls.from_pretrained(arg, device=device, dtype=dtype)
+
+    @classmethod
     def from_pretrained(cls, path: str, *, device: str | None = None, dtype: str = "auto",
                         backend: str = "hf", max_new_tokens: int = 16, **engine) -> "JudgeOracle":
         if backend == "vllm":
@@ -91,21 +100,39 @@ def hf_generator(path: str, max_new_tokens: int, *, device: str | None = None, d
 
 
 def vllm_generator(path: str, max_new_tokens: int, *, dtype: str = "auto", **engine):
-    """Greedy generation by a second in-process vLLM engine holding the judge."""
+    """Greedy generation by a second in-process vLLM engine holding the judge. Under torchrun (the process group
+    joined) each rank gets its own engine, as the sampler does (``per_rank_options``), with the tensor-parallel
+    size of vLLM's groups in this process: vLLM keeps one set per process, so a judge next to a tensor-parallel
+    sampler is tensor-parallel too, and then the ranks of a group judge their union of pairs together."""
+    import torch.distributed as dist
     from transformers import AutoTokenizer
 
     from nashpref.lm.policy import render_prompt
-    from nashpref.lm.samplers.base import SamplingConfig
-    from nashpref.lm.samplers.vllm import VLLMSampler
+    from nashpref.lm.samplers.base import SamplingConfig, in_step
+    from nashpref.lm.samplers.vllm import VLLMSampler, per_rank_options, running_tensor_parallel_size
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    sampler = VLLMSampler(path, SamplingConfig(max_new_tokens=max_new_tokens, temperature=0), dtype=dtype, **engine)
+    tokenizer = AutoTokenizer.from_pretrained(path)      # a bad path fails here, before any engine starts
 
-    def generate(messages: list[str]) -> list[str]:
+    def start() -> VLLMSampler:
+        # At the first verdict, not here: `train` loads the oracle before its sampler's engine, and an engine made
+        # first would fix vLLM's per-process groups at tensor parallel 1 under the sampler.
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            size = engine.setdefault("tensor_parallel_size", running_tensor_parallel_size())
+            engine["engine_kwargs"] = engine.get("engine_kwargs", {}) | per_rank_options(dist.get_world_size(), size)
+        generate.sampler = VLLMSampler(path, SamplingConfig(max_new_tokens=max_new_tokens, temperature=0),
+                                       dtype=dtype, **engine)
+        return generate.sampler
+
+    def answer(messages: list[str]) -> list[str]:
         from vllm import SamplingParams
 
         params = SamplingParams(max_tokens=max_new_tokens, temperature=0.0)
-        outputs = sampler.llm.generate([{"prompt_token_ids": render_prompt(tokenizer, m)} for m in messages],
-                                       params, use_tqdm=False)
+        outputs = generate.sampler.llm.generate([{"prompt_token_ids": render_prompt(tokenizer, m)} for m in messages],
+                                                params, use_tqdm=False)
         return [out.outputs[0].text for out in outputs]
+
+    def generate(messages: list[str]) -> list[str]:
+        sampler = generate.sampler or start()
+        return in_step(sampler.group, messages, answer)
+    generate.sampler = None             # the engine once started, for callers that inspect it
     return generate

@@ -6,6 +6,10 @@ same global round must give the same responses and labels on 1 rank or N. Here e
 seed from the loop's generator (so all ranks' generators stay in step whatever their share), and each prompt
 gets its own generator seeded from (that seed, the prompt's global index). Each prompt is then sampled on its
 own, so the computation for a prompt is the same whatever else a rank holds.
+
+A tensor-parallel vLLM engine shared by a group of ranks (its sampler's ``group``) must get the same requests from
+each of them: there every rank of the group samples the group's union of prompts, one at a time in rank order,
+and keeps its own.
 """
 
 from __future__ import annotations
@@ -32,10 +36,12 @@ def _draw(generator: torch.Generator | None) -> int:
     return int(torch.randint(0, 2**62, (1,), generator=generator).item())
 
 
-def _per_prompt(contexts: Tensor, generator, draw) -> Any:
+def _per_prompt(contexts: Tensor, generator, draw, group=None) -> Any:
+    from nashpref.lm.samplers.base import in_step
+
     seed = _draw(generator)
-    parts = [draw(contexts[i:i + 1], torch.Generator().manual_seed(prompt_seed(seed, int(c))))
-             for i, c in enumerate(contexts.tolist())]
+    parts = in_step(group, contexts.tolist(), lambda rows: [
+        draw(contexts.new_tensor([c]), torch.Generator().manual_seed(prompt_seed(seed, int(c)))) for c in rows])
     if isinstance(parts[0], Tensor):
         return torch.cat(parts, dim=0)
     return type(parts[0]).cat(parts, dim=0)
@@ -49,13 +55,17 @@ class KeyedPolicy:
         self.inner = inner
 
     def sample(self, contexts: Tensor, n: int, generator: torch.Generator | None = None):
-        return _per_prompt(contexts, generator, lambda rows, g: self.inner.sample(rows, n, g))
+        return _per_prompt(contexts, generator, lambda rows, g: self.inner.sample(rows, n, g), self._group())
 
     def sample_mixture(self, contexts: Tensor, n: int, reference, beta: float,
                        generator: torch.Generator | None = None):
         reference = reference.inner if isinstance(reference, KeyedPolicy) else reference
         return _per_prompt(contexts, generator,
-                           lambda rows, g: self.inner.sample_mixture(rows, n, reference, beta, g))
+                           lambda rows, g: self.inner.sample_mixture(rows, n, reference, beta, g), self._group())
+
+    def _group(self):
+        """The ranks sharing this policy's engine (a tensor-parallel vLLM engine under torchrun), or None."""
+        return getattr(getattr(self.inner, "sampler", None), "group", None)
 
     def frozen(self) -> "KeyedPolicy":
         return KeyedPolicy(self.inner.frozen())

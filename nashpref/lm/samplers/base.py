@@ -57,3 +57,13 @@ def draw_seed(generator: torch.Generator | None) -> int:
     """A 31-bit seed drawn from ``generator`` (or torch's global RNG): samplers that keep their own random
     state (transformers ``generate``, vLLM) are made a deterministic function of the loop's generator."""
     return int(torch.randint(0, 2**31 - 1, (1,), generator=generator).item())
+
+
+def in_step(group, items: list, run) -> list:
+    """``run(items)`` (a list with one result per item). With ``group`` (the ranks sharing one engine, see
+    ``nashpref.lm.samplers.vllm.EngineGroup``) every rank runs the group's union of items and keeps its own
+    results, so that all of them send the engine the same requests."""
+    if group is None:
+        return run(items)
+    union, start = group.union(items)
+    return run(union)[start:start + len(items)]

@@ -11,6 +11,11 @@ otherwise), so new weights go in without a restart:
 Under torchrun (``per_rank_options``) every rank holds its own engine, started with vLLM's
 ``external_launcher`` executor in the training processes, samples its own prompts and loads the weights
 the backend gathers from the FSDP shards; the engines are then made independent of each other (``_decouple``).
+With ``tensor_parallel_size`` K > 1 the ranks form groups of K (ranks kK … kK+K−1) that run one engine together,
+each rank holding a shard of its weights. vLLM runs every rank's share of that engine in lockstep, so the ranks of
+a group must send it the same requests in the same order: ``EngineGroup.union`` gives each of them the group's
+union of prompts (or judge messages), and each keeps its own rows of the result. Each rank still loads the full
+weights (``reload_weights``), and vLLM's loader keeps this rank's shard of each tensor.
 
 After a sync the prefix cache is reset (its KV blocks were computed with the old weights). ``verify_sync``
 teacher-forces a fixed probe through the engine (``prompt_logprobs``) and through the policy and raises
@@ -42,7 +47,7 @@ from nashpref.errors import WeightSyncError
 from nashpref.lm.startup import paused_gc
 from nashpref.quiet import verbose
 
-__all__ = ["VLLMSampler", "WeightSyncError", "per_rank_options"]
+__all__ = ["VLLMSampler", "WeightSyncError", "per_rank_options", "EngineGroup"]
 
 
 class VLLMSampler:
@@ -103,8 +108,12 @@ class VLLMSampler:
         with paused_gc(), self._stance():
             self.llm = LLM(model, dtype=dtype, seed=seed, gpu_memory_utilization=gpu_memory_utilization,
                            tensor_parallel_size=tensor_parallel_size, enable_sleep_mode=enable_sleep_mode, **kwargs)
+        self.group: EngineGroup | None = None
+        """Under torchrun with tensor parallelism: the ranks sharing this engine (see ``EngineGroup``)."""
         if kwargs.get("distributed_executor_backend") == "external_launcher":
             _decouple(self.llm)
+            if tensor_parallel_size > 1:
+                self.group = EngineGroup.of_engine()
         self.start_seconds = time.perf_counter() - start
         self.tensor_parallel_size = tensor_parallel_size
         self.version = 0
@@ -326,6 +335,45 @@ def per_rank_options(world_size: int, tensor_parallel_size: int = 1) -> dict:
     left at 1 every rank but 0 is refused)."""
     return {"distributed_executor_backend": "external_launcher",
             "data_parallel_size": world_size // tensor_parallel_size}
+
+
+class EngineGroup:
+    """The ranks that run one tensor-parallel engine under torchrun (vLLM's tensor-parallel group). Each rank of
+    it has its own share of a round's prompts, but under the external launcher every rank runs its own scheduler
+    for its part of the engine, and the parts meet in the all-reduces of every forward: they must be given the
+    same requests in the same order, or the all-reduces would pair different forwards. ``union`` gathers the
+    members' items in rank order."""
+
+    def __init__(self, group):
+        import torch.distributed as dist
+
+        self.group = group
+        self.size, self.rank = dist.get_world_size(group), dist.get_rank(group)
+
+    @classmethod
+    def of_engine(cls) -> "EngineGroup":
+        from vllm.distributed.parallel_state import get_tp_group
+
+        return cls(get_tp_group().cpu_group)
+
+    def union(self, items: list) -> tuple[list, int]:
+        """(the group's items, in rank order; where this rank's own begin among them)."""
+        import torch.distributed as dist
+
+        parts: list = [None] * self.size
+        dist.all_gather_object(parts, list(items), group=self.group)
+        return [item for part in parts for item in part], sum(len(part) for part in parts[: self.rank])
+
+
+def running_tensor_parallel_size() -> int:
+    """The tensor-parallel size vLLM's groups in this process were made with (1 when none were made yet): vLLM
+    keeps one set of groups per process, so a second engine (a judge next to the sampler) must use the same."""
+    import sys
+
+    state = sys.modules.get("vllm.distributed.parallel_state")
+    if state is None or not state.model_parallel_is_initialized():
+        return 1
+    return state.get_tensor_model_parallel_world_size()
 
 
 def _decouple(llm) -> None:

@@ -195,6 +195,7 @@ class ReferenceSampler:
     def __init__(self, engine: VLLMMixtureSampler):
         self.engine = engine
         self.config = engine.config
+        self.group = engine.group       # μ's samples come from the same (possibly shared) engine
 
     def sample(self, policy, contexts: Tensor, n: int, generator: torch.Generator | None = None) -> TokenResponses:
         self.engine.set_beta(1.0)
