@@ -114,6 +114,60 @@ def test_sync_through_a_weights_directory_also_works(policy, engine, monkeypatch
     assert engine.verify_sync(policy) < 1e-4
 
 
+class CpuSleep:
+    """vLLM's sleep API stood in for on CPU, which rejects it: calls are recorded, and level 2 puts other weights
+    into the engine, as dropping them would lose the policy's, so only a reload after waking brings it back."""
+
+    def __init__(self, llm, drop):
+        self.llm, self.drop, self.calls = llm, drop, []
+
+    def __getattr__(self, name):
+        return getattr(self.llm, name)
+
+    def sleep(self, level: int = 1) -> None:
+        self.calls.append(f"sleep{level}")
+        if level >= 2:
+            self.drop()
+
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        self.calls.append("wake" if tags is None else "wake:" + ",".join(tags))
+
+
+@pytest.mark.parametrize("level", [1, 2])
+def test_sleep_mode_sleeps_after_sampling_and_wakes_on_the_current_weights(tiny_dir, policy, engine, monkeypatch,
+                                                                          level):
+    """--enable-sleep-mode (GPU only in vLLM): the engine sleeps after each sample and wakes before the next sync,
+    sample or check; after level 2 it reloads the policy's weights, checked against transformers' log-probs."""
+    other, _ = LMPolicy.from_pretrained(str(tiny_dir / "policy"), PROMPTS, device="cpu")
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 0.5)
+    sleeper = CpuSleep(engine.llm, lambda: engine._load(other))
+    monkeypatch.setattr(engine, "llm", sleeper)
+    monkeypatch.setattr(engine, "enable_sleep_mode", True)
+    monkeypatch.setattr(engine, "sleep_level", level)
+    policy.verify_every_sync = False
+    contexts = torch.tensor([0, 1])
+    try:
+        policy.sample(contexts, 2, torch.Generator().manual_seed(0))
+        assert sleeper.calls == [f"sleep{level}"]
+        engine._probe = engine._probe or [list(p) for p in policy.prompt_ids[:4]]
+        limit = probe_tolerance(policy, engine)
+        asleep_error = engine.probe_errors(policy, engine._probe).mean().item()     # no wake: what it holds now
+        assert (asleep_error > 10 * limit) if level == 2 else (asleep_error <= limit)
+        assert engine.verify_sync(policy) <= limit                    # wakes (and reloads at level 2) first
+        woken = ["wake:weights", "wake:kv_cache"] if level == 2 else ["wake"]
+        assert sleeper.calls == [f"sleep{level}"] + woken
+        sgd_step(policy)                                              # samples (wake, sleep) and moves the policy
+        sleeper.calls.clear()
+        out = policy.sample(contexts, 2, torch.Generator().manual_seed(0))      # sync: wake, load, sample, sleep
+        assert sleeper.calls == woken + [f"sleep{level}"]
+        torch.testing.assert_close(out.logprobs, policy.token_log_probs(contexts, out).detach(), rtol=0,
+                                   atol=responses_tolerance(policy, contexts, out))
+    finally:
+        engine._wake(policy)                                          # leave the module's engine awake
+
+
 def test_lora_policy_syncs_merged_weights(tiny_dir, engine):
     policy, _ = LMPolicy.from_pretrained(str(tiny_dir / "policy"), PROMPTS, device="cpu", sampler=engine,
                                          sampling=engine.config, verify_every_sync=False,
