@@ -170,6 +170,21 @@ def test_lr_decay_sets_each_iterations_rate():
         assert optimizer.param_groups[0]["lr"] == expected     # powers of ½: exact in binary
 
 
+def test_lr_warmup_ramps_the_first_iterations():
+    """--lr-warmup W: iteration t ≤ W trains at lr · t/(W + 1) · decay^(t−1), then lr · decay^(t−1)."""
+    from nashpref.lm.backend.single import SingleBackend
+    from nashpref.lm.trainer import TrainHooks
+
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=123.0)
+    hooks = TrainHooks(None, None, None, [], None, [], SingleBackend("cpu"))
+    hooks.optimizer, hooks.lr, hooks.lr_decay, hooks.lr_warmup = optimizer, 2e-3, 0.5, 3
+    # by hand: 2e-3 · {1/4, 2/4 · 1/2, 3/4 · 1/4, 1/8, 1/16}
+    for t, expected in ((1, 5e-4), (2, 5e-4), (3, 3.75e-4), (4, 2.5e-4), (5, 1.25e-4)):
+        hooks.round_start(t)
+        # one product of three float64 factors: at most two roundings
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(expected, rel=4 * EPS, abs=0)
+
+
 @pytest.mark.parametrize("decay", [0.0, 1.5, float("nan")])
 def test_lr_decay_out_of_range_is_bad_input(decay, tmp_path):
     from nashpref.lm.config import TrainConfig
@@ -177,4 +192,13 @@ def test_lr_decay_out_of_range_is_bad_input(decay, tmp_path):
     config = TrainConfig(policy="p", preference="rule:cycle", prompts="x.jsonl", solver="inpo", out=tmp_path / "o",
                          lr_decay=decay)
     with pytest.raises(BadInput, match="--lr-decay"):
+        config.validate()
+
+
+def test_lr_warmup_below_zero_is_bad_input(tmp_path):
+    from nashpref.lm.config import TrainConfig
+
+    config = TrainConfig(policy="p", preference="rule:cycle", prompts="x.jsonl", solver="inpo", out=tmp_path / "o",
+                         lr_warmup=-1)
+    with pytest.raises(BadInput, match="--lr-warmup"):
         config.validate()

@@ -80,6 +80,10 @@ class TrainConfig:
     lr_decay: float = 1.0
     """Multiply the learning rate by this after every iteration (iteration t trains at lr · lr_decay^(t−1));
     1: constant. Below 1 it lets self-play settle instead of circling an intransitive preference's equilibrium."""
+    lr_warmup: int = 0
+    """Ramp the learning rate up over this many first iterations: iteration t ≤ lr_warmup trains at
+    lr · t/(lr_warmup + 1) (times the decay). Adam's first steps move every weight by about lr whatever the noise in
+    its gradient (m̂/√v̂ = sign(g) at step 1); the ramp keeps that noise from reshaping the policy."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     max_grad_norm: float | None = 1.0
@@ -148,6 +152,7 @@ class TrainConfig:
             integer(getattr(self, name), flag(name), 1, allow_none=True)
         number(self.lr, "--lr")
         number(self.lr_decay, "--lr-decay", 0.0, 1.0)
+        integer(self.lr_warmup, "--lr-warmup", 0)
         number(self.timeout, "--timeout")
         for name in ("weight_decay", "tau", "temperature"):
             number(getattr(self, name), flag(name), low_open=False)

@@ -59,6 +59,11 @@ class TrainResult:
     """Wall-clock seconds of training and evaluation in total (including those before a resume)."""
 
 
+def lr_at(lr: float, decay: float, warmup: int, iteration: int) -> float:
+    """The learning rate of ``iteration`` (from 1): lr · decay^(t−1), times t/(warmup + 1) while t ≤ warmup."""
+    return lr * decay ** (iteration - 1) * min(1.0, iteration / (warmup + 1))
+
+
 class TrainHooks(Hooks):
     """The loop's hooks for a language model: held-out evaluation, the round datasets, metrics.jsonl (rank 0
     writes), the time split and the progress bar."""
@@ -75,7 +80,7 @@ class TrainHooks(Hooks):
         self.tracker = None                 # nashpref.tracking: every number of each row, per iteration
         self.sync = {"start": 0.0, "evaluation": 0.0}     # sync seconds at round start, during evaluation
         self.evaluation_seconds = 0.0
-        self.optimizer, self.lr, self.lr_decay = None, None, 1.0     # set by _train for a decaying lr
+        self.optimizer, self.lr, self.lr_decay, self.lr_warmup = None, None, 1.0, 0   # set by _train: lr schedule
         self.oracle = None                  # an oracle with state across rounds (maxmin:), saved in checkpoints
 
     def synced(self) -> float:
@@ -89,7 +94,7 @@ class TrainHooks(Hooks):
         self.sync["start"] = self.synced()
         if self.lr is not None:             # set per iteration, so a resumed run follows the same schedule
             for group in self.optimizer.param_groups:
-                group["lr"] = self.lr * self.lr_decay ** (iteration - 1)
+                group["lr"] = lr_at(self.lr, self.lr_decay, self.lr_warmup, iteration)
         self.ledger.phase, self.round_step = "round", self.ledger.weights_step
 
     def evaluate(self, iteration: int) -> dict[str, float]:
@@ -276,8 +281,9 @@ def _train(config, solver, policy, reference, oracle, sampler, train_rows, heldo
         sampler._held = None                # the next sync is labelled
     hooks = TrainHooks(out, evaluator, sampler, train_rows + heldout_rows, bar, rows, backend, ledger)
     hooks.tracker = tracker if backend.is_main else None
-    if config.lr_decay != 1.0:
-        hooks.optimizer, hooks.lr, hooks.lr_decay = optimizer, config.lr, config.lr_decay
+    if config.lr_decay != 1.0 or config.lr_warmup > 0:
+        hooks.optimizer, hooks.lr = optimizer, config.lr
+        hooks.lr_decay, hooks.lr_warmup = config.lr_decay, config.lr_warmup
     from nashpref.preferences.payoff import game_oracle, stateful_oracle
 
     played, tau = game_oracle(oracle, config.payoff, config.tau, reference, config.seed)   # --payoff, maxmin:
