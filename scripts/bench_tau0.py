@@ -136,9 +136,10 @@ def report(data: dict) -> str:
                   f"{'met' if met else 'NOT met'}: {r['seconds_median']:.2f} s, gap {r['gap']:.1e} "
                   f"({r['method']}, {r['iterations']} interior point steps)."]
     lines += ["", "Ours: Mehrotra's predictor-corrector on the monotone LCP w = (11ᵀ − A)z − 1 ≥ 0, z ≥ 0, zᵀw = 0 "
-              "(A = P − ½), with off-support actions eliminated into a Schur complement, float32 factors refined "
-              "in float64, and an exact finish on the identified support, accepted only if its exact gap is "
-              "≤ 1e-12; HiGHS is the fallback (nashpref/core/lp.py)."]
+              "(A = P − ½), with off-support actions eliminated into a Schur complement (−A_ss + B D⁻¹Bᵀ, B = A_sb, "
+              "by a blocked symmetric product), float32 factors refined in float64, and an exact finish on the "
+              "support read off the affine predictor's point, accepted only if its exact gap is ≤ 1e-12; HiGHS is "
+              "the fallback (nashpref/core/lp.py)."]
     return "\n".join(lines) + "\n"
 
 
