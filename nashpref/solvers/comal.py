@@ -99,8 +99,8 @@ class Config(SolverConfig):
     language-model responses (never repeated)."""
     opponents: int = 0
     """Sampled training: score each trained response by its win-rate r̂ against this many fresh draws from π_t
-    and regress the pair targets ½ + r̂(y) − r̂(y') (the mean of INPO's labels over y'' ~ π_t) instead of the
-    labels of the K samples among themselves (see ``covered_loss``)."""
+    and use the pair label ½ + r̂(y) − r̂(y') (the mean of ½ + P(y ≻ y'') − P(y' ≻ y'') over y'' ~ π_t) in place of
+    P(y ≻ y') for the K samples among themselves (see ``covered_loss``)."""
     reference_samples: int = 0
     """Sampled training: also train on this many responses per context drawn from μ (coverage), scored the same
     way."""
