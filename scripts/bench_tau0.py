@@ -54,14 +54,16 @@ def contenders(game) -> dict:
     return runs
 
 
-def measure(n: int, repeats: int, budget: float, timeout: float) -> list[dict]:
+def measure(n: int, repeats: int, budget: float, timeout: float, only: list[str] | None = None) -> list[dict]:
     """``repeats`` rounds; a contender whose runs at this N have taken ``budget`` seconds in all sits out the
     later rounds (its median is over the runs it had), and one that gives no result within ``timeout`` seconds
     (run in a forked process) is recorded as such."""
     game = random_game(n, 0.0)
     runs = contenders(game)
-    names = list(runs)
+    names = [name for name in runs if only is None or name in only or name == "ours"]   # ours: the baseline
     times = {name: [] for name in names}
+    cpu = []                    # ours: CPU seconds of this process, less sensitive than wall time to other load
+    loads = []                  # the 1-minute load average before each of our runs
     results, timed_out = {}, set()
     for r in range(repeats):
         order = names[r % len(names):] + names[:r % len(names)]
@@ -69,9 +71,11 @@ def measure(n: int, repeats: int, budget: float, timeout: float) -> list[dict]:
             if name in timed_out or (name != "ours" and sum(times[name]) >= budget):
                 continue
             if name == "ours":
-                start = time.perf_counter()
-                result, seconds = runs[name](), None
+                loads.append(os.getloadavg()[0])
+                start, start_cpu = time.perf_counter(), time.process_time()
+                result = runs[name]()
                 seconds = time.perf_counter() - start
+                cpu.append(time.process_time() - start_cpu)
             else:
                 result, seconds = run_with_timeout(runs[name], (), timeout)
             if result is None:
@@ -93,7 +97,8 @@ def measure(n: int, repeats: int, budget: float, timeout: float) -> list[dict]:
         rows.append({"n": n, "solver": name, "seconds_median": statistics.median(times[name]),
                      "seconds": times[name], "repeats": len(times[name]),
                      "gap": exact_gap(game, policy, tau=0.0), "support": int((policy > 1e-12).sum()),
-                     "l1_to_ours": float(np.abs(policy - ours).sum())} | info)
+                     "l1_to_ours": float(np.abs(policy - ours).sum())} | info
+                    | ({"cpu_seconds": cpu, "load_before_run": loads} if name == "ours" else {}))
     base = rows[0]["seconds_median"]
     for row in rows:
         row["ratio_to_ours"] = None if row["seconds_median"] is None else row["seconds_median"] / base
@@ -118,6 +123,11 @@ def report(data: dict) -> str:
             continue
         lines.append(f"| {row['n']} | {row['solver']} | {row['seconds_median']:.3f} | {row['ratio_to_ours']:.1f} | "
                      f"{row['gap']:.1e} | {row['support']} | {row['l1_to_ours']:.1e} | {row['repeats']} |")
+    for row in data["rows"]:
+        if row["solver"] == "ours" and row.get("cpu_seconds"):
+            runs = ", ".join(f"{w:.2f} s wall / {c:.2f} s CPU at load {l:.1f}" for w, c, l in
+                             zip(row["seconds"], row["cpu_seconds"], row["load_before_run"]))
+            lines.append(f"\nOurs at N = {row['n']}, each run (1-minute load average just before it): {runs}.")
     big = [r for r in data["rows"] if r["n"] == TARGET_N and r["solver"] == "ours"]
     if big:
         r = big[0]
@@ -126,9 +136,10 @@ def report(data: dict) -> str:
                   f"{'met' if met else 'NOT met'}: {r['seconds_median']:.2f} s, gap {r['gap']:.1e} "
                   f"({r['method']}, {r['iterations']} interior point steps)."]
     lines += ["", "Ours: Mehrotra's predictor-corrector on the monotone LCP w = (11ᵀ − A)z − 1 ≥ 0, z ≥ 0, zᵀw = 0 "
-              "(A = P − ½), with off-support actions eliminated into a Schur complement, float32 factors refined "
-              "in float64, and an exact finish on the identified support, accepted only if its exact gap is "
-              "≤ 1e-12; HiGHS is the fallback (nashpref/core/lp.py)."]
+              "(A = P − ½), with off-support actions eliminated into a Schur complement (−A_ss + B D⁻¹Bᵀ, B = A_sb, "
+              "by a blocked symmetric product), float32 factors refined in float64, and an exact finish on the "
+              "support read off the affine predictor's point, accepted only if its exact gap is ≤ 1e-12; HiGHS is "
+              "the fallback (nashpref/core/lp.py)."]
     return "\n".join(lines) + "\n"
 
 
@@ -141,6 +152,8 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=150.0,
                         help="seconds per contender and N after which it sits out the remaining rounds")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds one run of a contender may take")
+    parser.add_argument("--solvers", nargs="+", default=None,
+                        help="contenders besides ours (default: all): 'scipy linprog highs-ipm', ...")
     args = parser.parse_args()
     if args.report_only:
         data = json.loads((args.out / "results.json").read_text())
@@ -150,12 +163,13 @@ def main() -> None:
         return
     start = time.perf_counter()
     data = {"command": "python scripts/bench_tau0.py " + " ".join(
-                f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items()),
+                f"--{k} {' '.join(map(repr, v)) if isinstance(v, list) else v}" for k, v in vars(args).items()
+                if k != "report_only" and v is not None),
             "machine": machine(), "load_before": list(os.getloadavg()), "torch_threads": torch.get_num_threads()}
     solve_equilibrium(random_game(10, 0.0))          # imports (scipy) before anything is timed
     data["rows"] = []
     for n in args.sizes:
-        data["rows"] += measure(n, args.repeats, args.budget, args.timeout)
+        data["rows"] += measure(n, args.repeats, args.budget, args.timeout, args.solvers)
         args.out.mkdir(parents=True, exist_ok=True)          # partial results survive an interruption
         (args.out / "results.json").write_text(json.dumps(data, indent=1, default=float) + "\n")
     data["load_after"] = list(os.getloadavg())

@@ -11,6 +11,8 @@ from nashpref.core.gamefile import load_game
 from nashpref.core.tabular import MatrixOracle, TabularPolicy
 from nashpref.sampled import SampledConfig, run_sampled
 from nashpref.selfplay import SelfPlayRound
+from nashpref.solvers.comal import COMAL
+from nashpref.solvers.comal import Config as COMALConfig
 from nashpref.solvers.dno import DNO
 from nashpref.solvers.dno import Config as DNOConfig
 from nashpref.solvers.dno import dno_soft_loss
@@ -197,6 +199,23 @@ def test_mpo_covered_round_is_one_exact_mmd_step_for_sgd_of_lr_the_mirror_step()
     assert_close(policy.probabilities(), MPO().step(RPS, log_pi, 0).exp(), scale=1.0, length=RPS.num_actions)
 
 
+@pytest.mark.parametrize("tau", [0.1, 0.5])
+def test_comal_covered_round_is_one_exact_inner_inpo_step_for_sgd_of_lr_half(tau):
+    """Opponents in proportion to π_t, every action trained once (distinct): the loss is Σ_y (u_y − ū)², whose
+    gradient in the logits is 2(u − ū), so one SGD step of lr ½ is COMAL's exact inner INPO step
+    π_t^(1−ητ) ν^(ητ) exp(η P(·≻π_t))/Z (the first round's anchor is π_t itself in both)."""
+    log_pi = torch.log(torch.tensor([[0.5, 0.25, 0.25]], dtype=f64))
+    solver = COMAL(COMALConfig(tau=tau, reference_samples=5, opponents=4, distinct=True))
+    batch = solver.collect(covered_round(RPS, log_pi, torch.tensor([[0, 1, 0, 2]])))
+    policy = TabularPolicy(log_pi)
+    optimizer = torch.optim.SGD(policy.parameters(), lr=0.5)
+    loss, _ = solver.loss(batch, policy)
+    loss.backward()
+    optimizer.step()
+    exact = COMAL(COMALConfig(tau=tau, inner="inpo", inner_steps=2)).step(RPS, log_pi, 0).exp()
+    assert_close(policy.probabilities(), exact, scale=1.0, length=RPS.num_actions)
+
+
 def default_run(cls, game, iterations, seed=0):
     settings = dict(cls.sampled_defaults, iterations=iterations)
     return run_sampled(game, cls(cls.Config(**cls.sampled_options)), SampledConfig(**settings, seed=seed))
@@ -211,3 +230,15 @@ def test_default_sampled_run_reaches_the_unregularised_equilibrium_cheaply(cls, 
     run = default_run(cls, game, 300)
     assert game.gap(run.policies, tau=0.0).item() <= 0.03 < game.gap(game.mu, tau=0.0).item()
     assert run.metrics[-1]["queries"] <= 300 * 21
+
+
+def test_comal_default_sampled_run_reaches_the_unregularised_equilibrium_cheaply(random_game):
+    """COMAL's tuned settings (covered rounds, SGD lr ½, τ = 0.1, period 50) for 400 rounds on a random N = 5 game
+    (μ's own Gap₀ 0.46): the last iterate against the exact τ = 0 gap, within the issue's target 0.03. Measured
+    final Gap₀ after 400 rounds, sampler seeds 0–2: 0.003–0.013 on this game, 0.005–0.015 on game seeds 1 and 3,
+    0.049–0.053 on game seed 2 (slower: it needs more rounds). The bound on the queries is by hand: at most
+    N(N−1)/2 = 10 distinct pairs a round."""
+    game = random_game(5, 0, 0.1)
+    run = default_run(COMAL, game, 400)
+    assert game.gap(run.last_policies, tau=0.0).item() <= 0.03 < game.gap(game.mu, tau=0.0).item()
+    assert run.metrics[-1]["queries"] <= 400 * 10

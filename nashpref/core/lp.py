@@ -13,9 +13,10 @@ singular. A step costs one dense LU of an n×n matrix; three things cut that cos
 - **eliminating** actions whose z is far below their slack w (off the support on the central path): they leave
   a Schur complement on the other actions only, about half of them near the end;
 - **float32** factors, refined against the exact float64 matrix (twice as fast);
-- **finishing exactly**: once μ = zᵀw/n is small, the support S = {z > w} is read off and the square system
-  A_SS x_S = v·1, 1ᵀx_S = 1 is solved directly (v = 0 for a skew A); the result is accepted only if it is in the
-  simplex and its exact float64 gap 2 max(Ax) over *all* actions is ≤ ``tol``. Otherwise the iteration goes on.
+- **finishing exactly**: once μ = zᵀw/n is small, the support S = {z + Δz > w + Δw} is read off the affine
+  predictor's point and the square system A_SS x_S = v·1, 1ᵀx_S = 1 is solved directly (v = 0 for a skew A); the
+  result is accepted only if it is in the simplex and its exact float64 gap 2 max(Ax) over *all* actions is
+  ≤ ``tol``. Otherwise the iteration goes on.
 
 The regularised Newton path (equilibrium.py) could also find the support, but each of its steps is an n×n solve
 too and it needs more of them. The caller falls back to the HiGHS linear program when nothing is certified
@@ -35,6 +36,7 @@ REFINE_TO = 1e-10            # backward error of a refined Newton solve (the fin
 FINISH_BELOW = 1e-9          # try the exact finish once μ is below this
 STEP_TO_BOUNDARY = 0.9995    # fraction of the longest feasible step (keeps z, w > 0)
 MAX_ITERATIONS = 100
+SYMMETRIC_BLOCKS = 4         # the Schur complement's symmetric product in 4×4 blocks: 10/16 of a full GEMM
 DIRECT_BELOW = 150           # below this many actions, factor G in float64 directly
 
 
@@ -91,12 +93,9 @@ def symmetric_equilibrium(A: np.ndarray, tol: float, on_step: Callable[[int, flo
         mu = float(z @ w) / n
         if on_step is not None:
             on_step(iteration, mu)
-        if mu < FINISH_BELOW:
-            x, tried = finish(A, z, w, tol, tried)
-            if x is not None:
-                return x, iteration
-            if mu < 1e-18:
-                return None
+        if mu < 1e-18:             # nothing left to gain: the iterate's own support, or give up
+            x, tried = finish(A, z, w, z, tol, tried)
+            return None if x is None else (x, iteration)
         solve = newton_solver(A, A32, row_norms, w / z)
         if solve is None:
             return None
@@ -107,6 +106,10 @@ def symmetric_equilibrium(A: np.ndarray, tol: float, on_step: Callable[[int, flo
             return dz, L @ dz - residual
 
         dz, dw = direction(-z * w)
+        if mu < FINISH_BELOW:        # the affine predictor's limit point: where z + Δz > w + Δw is the support
+            x, tried = finish(A, z + dz, w + dw, z, tol, tried)
+            if x is not None:
+                return x, iteration
         step = longest_step(z, w, dz, dw)
         mu_affine = float((z + step * dz) @ (w + step * dw)) / n
         sigma = (mu_affine / mu) ** 3
@@ -170,10 +173,18 @@ def schur_solver(A32: np.ndarray, d: np.ndarray, big: np.ndarray):
         matrix[np.diag_indices(len(d))] += d32
         return lu_solver(matrix)
     big, small = np.flatnonzero(big), np.flatnonzero(~big)
-    G_ab, G_ba, d_b = -A32[np.ix_(small, big)], -A32[np.ix_(big, small)], d32[big]
-    schur = -A32[np.ix_(small, small)] - (G_ab / d_b) @ G_ba
+    # A is skew: G_ba = −A_bs = A_sbᵀ = −G_abᵀ, so the Schur complement G_ss − G_ab D_b⁻¹ G_ba is
+    # −A_ss + B D_b⁻¹ Bᵀ with B = A_sb, from one pass over the rows of the small actions (torch's index_select:
+    # a third of numpy's fancy-indexing time)
+    rows = torch.from_numpy(A32).index_select(0, torch.from_numpy(small))
+    B = rows.index_select(1, torch.from_numpy(big))
+    d_b = d32[big]
+    schur = symmetric_product(B / torch.from_numpy(np.sqrt(d_b)))
+    schur -= rows.index_select(1, torch.from_numpy(small))
+    schur = schur.numpy()
     schur[np.diag_indices(len(small))] += d32[small]
     solve_schur = lu_solver(schur)
+    G_ab, G_ba = -B.numpy(), B.T.numpy()
 
     def approximate(rhs):
         rhs = rhs.astype(A32.dtype)
@@ -183,6 +194,21 @@ def schur_solver(A32: np.ndarray, d: np.ndarray, big: np.ndarray):
         return x.astype(np.float64)
 
     return approximate
+
+
+def symmetric_product(M: torch.Tensor, blocks: int = SYMMETRIC_BLOCKS) -> torch.Tensor:
+    """M Mᵀ from the blocks on and below the diagonal only (a blocked SYRK without scipy.linalg's import):
+    (blocks + 1)/(2·blocks) of a full product's arithmetic."""
+    edges = [len(M) * i // blocks for i in range(blocks + 1)]
+    out = torch.empty(len(M), len(M), dtype=M.dtype)
+    for i in range(blocks):
+        rows = M[edges[i]:edges[i + 1]]
+        for j in range(i + 1):
+            block = rows @ M[edges[j]:edges[j + 1]].T
+            out[edges[i]:edges[i + 1], edges[j]:edges[j + 1]] = block
+            if j < i:
+                out[edges[j]:edges[j + 1], edges[i]:edges[i + 1]] = block.T
+    return out
 
 
 def lu_solver(matrix: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
@@ -228,15 +254,18 @@ def longest_step(z, w, dz, dw) -> float:
     return step
 
 
-def finish(A: np.ndarray, z: np.ndarray, w: np.ndarray, tol: float, tried: np.ndarray | None):
-    """(The exact solution on the support read off the iterate, else the iterate itself, if either is certified,
-    else None; the support tried). A support that already failed is not solved again."""
+def finish(A: np.ndarray, z: np.ndarray, w: np.ndarray, iterate: np.ndarray, tol: float,
+           tried: np.ndarray | None):
+    """(The exact solution on the support {z > w}, else ``iterate`` itself, if either is certified, else None;
+    the support tried). A support that already failed is not solved again. The loop passes the affine predictor's
+    point z + Δz, w + Δw, which reads the support off better than the iterate (on random N = 1000–2000 games
+    exactly, one or two iterations earlier)."""
     support = np.flatnonzero(z > w)
     if tried is None or not np.array_equal(support, tried):
         x = exact_finish(A, support)
         if certified(A, x, tol):
             return x, support
-    x = on_simplex(A.shape[0], np.arange(A.shape[0]), z)
+    x = on_simplex(A.shape[0], np.arange(A.shape[0]), iterate)
     return (x if certified(A, x, tol) else None), support
 
 
