@@ -86,6 +86,16 @@ def test_model_directories_that_are_not_models(kind, tiny_dir, prompts_file, tmp
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("spec, message", [("judge:vllm:", "expected judge:vllm:PATH"),
+                                           ("judge:vllm:/nonexistent/judge", "model directory does not exist")])
+def test_bad_judge_specs_are_one_line(spec, message, tiny_dir, prompts_file, tmp_path, capsys):  # noqa: F811
+    argv = train_argv(tiny_dir, prompts_file, tmp_path / "run", tiny_dir / "policy")
+    argv[argv.index("--preference") + 1] = spec
+    code, _, err = run(argv, capsys)
+    assert_bad_input(code, err, message)
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("part", ["state", "weights"])
 def test_corrupt_checkpoints_are_named(part, tiny_dir, prompts_file, tmp_path, capsys):  # noqa: F811
     out = tmp_path / "run"

@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
+from nashpref.errors import BadInput
 from nashpref.preferences.base import Prompt, TextOracle, check_lengths, prompt_text, register
 JUDGE_TEMPLATE = ("Which response answers the user's prompt better?\n\n[Prompt]\n{prompt}\n\n[Response A]\n{a}\n\n"
                   "[Response B]\n{b}\n\nAnswer with a single letter: A or B.")
@@ -62,6 +63,8 @@ class JudgeOracle(TextOracle):
         (under torchrun one per rank, beside the sampler's)."""
         backend, sep, path = arg.partition(":")
         if sep and backend in ("hf", "vllm"):
+            if not path:
+                raise BadInput(f"--preference judge:{arg}: expected judge:{backend}:PATH (a model directory or hub id)")
             return cls.from_pretrained(path, device=device, dtype=dtype, backend=backend)
         return cls.from_pretrained(arg, device=device, dtype=dtype)
 
@@ -107,11 +110,13 @@ def vllm_generator(path: str, max_new_tokens: int, *, dtype: str = "auto", **eng
     import torch.distributed as dist
     from transformers import AutoTokenizer
 
+    from nashpref.lm.loading import check_model_path
     from nashpref.lm.policy import render_prompt
     from nashpref.lm.samplers.base import SamplingConfig, in_step
     from nashpref.lm.samplers.vllm import VLLMSampler, per_rank_options, running_tensor_parallel_size
 
-    tokenizer = AutoTokenizer.from_pretrained(path)      # a bad path fails here, before any engine starts
+    check_model_path(path)                              # a bad path fails here, before any engine starts
+    tokenizer = AutoTokenizer.from_pretrained(path)
 
     def start() -> VLLMSampler:
         # At the first verdict, not here: `train` loads the oracle before its sampler's engine, and an engine made
