@@ -90,14 +90,20 @@ def record_solve(workdir: Path, solver: str) -> dict:
             "policies": result["policies"], "gap": result["gap"]}
 
 
-def record(tiny_dir: Path, workdir: Path, names: list[str] | None = None) -> dict:
-    """The recording of ``names`` (default: every registered solver)."""
+def kernels() -> str:
+    """The CPU kernels torch picks here (AVX2, AVX512, ...): float32 training reproduces only on the same ones."""
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def record(tiny_dir: Path, workdir: Path, names: list[str] | None = None, train: bool = True) -> dict:
+    """The recording of ``names`` (default: every registered solver); ``train=False`` leaves out the LM runs."""
     names = solvers() if names is None else names
     threads = torch.get_num_threads()
     torch.set_num_threads(1)          # as the tests run: results then do not depend on the core count
     try:
         return {"train_options": TRAIN_OPTIONS, "solve_options": SOLVE_OPTIONS, "tiny_build": TINY_BUILD,
-                "train": {name: record_train(tiny_dir, workdir, name) for name in names},
+                "cpu_capability": kernels(),
+                "train": {name: record_train(tiny_dir, workdir, name) for name in names} if train else {},
                 "solve": {name: record_solve(workdir, name) for name in names}}
     finally:
         torch.set_num_threads(threads)
