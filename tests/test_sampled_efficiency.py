@@ -128,19 +128,25 @@ def covered_round(game, log_pi, opponents):
                       reference={n + 2: reference}, samples=2)
 
 
-def test_sppo_covered_round_with_counted_opponents_is_one_exact_mw_step():
-    """Opponents in proportion to π_t, every action regressed, log Z fitted, distinct: the round's loss is
-    Σ_y (θ_y − θ̄ − c_y + c̄)², so one SGD step of lr ½ lands on SPPO's exact step π_t exp(η P(·≻π_t))/Z."""
-    log_pi = torch.log(torch.tensor([[0.5, 0.25, 0.25]], dtype=f64))
-    eta = 1.0
-    solver = SPPO(SPPOConfig(eta=eta, reference_samples=5, opponents=4, log_partition="fit", distinct=True))
+def covered_sgd_step(solver, log_pi: torch.Tensor) -> torch.Tensor:
+    """π after one SGD step of lr ½ on ``solver``'s loss of a covered round on RPS (opponents 0, 1, 0, 2)."""
     batch = solver.collect(covered_round(RPS, log_pi, torch.tensor([[0, 1, 0, 2]])))
     policy = TabularPolicy(log_pi)
     optimizer = torch.optim.SGD(policy.parameters(), lr=0.5)
     loss, _ = solver.loss(batch, policy)
     loss.backward()
     optimizer.step()
-    assert_close(policy.probabilities(), solver.step(RPS, log_pi, 0).exp(), scale=1.0, length=RPS.num_actions)
+    return policy.probabilities()
+
+
+def test_sppo_covered_round_with_counted_opponents_is_one_exact_mw_step():
+    """Opponents in proportion to π_t, every action regressed, log Z fitted, distinct: the round's loss is
+    Σ_y (θ_y − θ̄ − c_y + c̄)², so one SGD step of lr ½ lands on SPPO's exact step π_t exp(η P(·≻π_t))/Z."""
+    log_pi = torch.log(torch.tensor([[0.5, 0.25, 0.25]], dtype=f64))
+    eta = 1.0
+    solver = SPPO(SPPOConfig(eta=eta, reference_samples=5, opponents=4, log_partition="fit", distinct=True))
+    assert_close(covered_sgd_step(solver, log_pi), solver.step(RPS, log_pi, 0).exp(), scale=1.0,
+                 length=RPS.num_actions)
 
 
 def test_dno_covered_round_with_counted_opponents_is_minimised_by_the_exact_step():
@@ -206,14 +212,8 @@ def test_comal_covered_round_is_one_exact_inner_inpo_step_for_sgd_of_lr_half(tau
     π_t^(1−ητ) ν^(ητ) exp(η P(·≻π_t))/Z (the first round's anchor is π_t itself in both)."""
     log_pi = torch.log(torch.tensor([[0.5, 0.25, 0.25]], dtype=f64))
     solver = COMAL(COMALConfig(tau=tau, reference_samples=5, opponents=4, distinct=True))
-    batch = solver.collect(covered_round(RPS, log_pi, torch.tensor([[0, 1, 0, 2]])))
-    policy = TabularPolicy(log_pi)
-    optimizer = torch.optim.SGD(policy.parameters(), lr=0.5)
-    loss, _ = solver.loss(batch, policy)
-    loss.backward()
-    optimizer.step()
     exact = COMAL(COMALConfig(tau=tau, inner="inpo", inner_steps=2)).step(RPS, log_pi, 0).exp()
-    assert_close(policy.probabilities(), exact, scale=1.0, length=RPS.num_actions)
+    assert_close(covered_sgd_step(solver, log_pi), exact, scale=1.0, length=RPS.num_actions)
 
 
 def default_run(cls, game, iterations, seed=0):
