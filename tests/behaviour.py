@@ -5,7 +5,8 @@
 sampled tabular solve per solver, and returns per run: the metrics rows without timing fields, every preference
 query of every round, and per-tensor statistics of the final weights (sum, L2 norm and a dot product with a
 fixed pseudo-random vector, all in float64). ``tests/test_behaviour.py`` compares a fresh recording with the
-committed one in ``tests/data/behaviour.json``; ``python scripts/record_behaviour.py`` rewrites that file.
+committed one in ``tests/data/behaviour.json``; ``python scripts/record_behaviour.py`` rewrites that file. Both
+run with the same portable CPU kernels (PORTABLE_KERNELS), so any x86-64 machine reproduces the recording.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -90,20 +94,37 @@ def record_solve(workdir: Path, solver: str) -> dict:
             "policies": result["policies"], "gap": result["gap"]}
 
 
-def kernels() -> str:
-    """The CPU kernels torch picks here (AVX2, AVX512, ...): float32 training reproduces only on the same ones."""
-    return torch.backends.cpu.get_cpu_capability()
+# Float32 training (the tiny model's build, then each run) drifts apart by far more than one rounding between CPUs:
+# torch picks AVX2 or AVX512 kernels and MKL picks a code path per CPU vendor (an AMD AVX512 machine missed an
+# Intel recording by 4e-5 at the first iteration). So recordings run in a child process whose kernels are the same
+# on every x86-64 CPU: torch's portable (non-vectorised) kernels, MKL's cross-processor reproducible mode (CNR
+# "COMPATIBLE"), oneDNN limited to SSE4.1, one thread. They must be set before torch starts, hence a child.
+PORTABLE_KERNELS = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "SSE41",
+                    "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "record_behaviour.py"
 
 
-def record(tiny_dir: Path, workdir: Path, names: list[str] | None = None, train: bool = True) -> dict:
-    """The recording of ``names`` (default: every registered solver); ``train=False`` leaves out the LM runs."""
+def record(tiny_dir: Path, workdir: Path, names: list[str] | None = None) -> dict:
+    """The recording of ``names`` (default: every registered solver), in this process (see record_portably)."""
     names = solvers() if names is None else names
     threads = torch.get_num_threads()
     torch.set_num_threads(1)          # as the tests run: results then do not depend on the core count
     try:
         return {"train_options": TRAIN_OPTIONS, "solve_options": SOLVE_OPTIONS, "tiny_build": TINY_BUILD,
-                "cpu_capability": kernels(),
-                "train": {name: record_train(tiny_dir, workdir, name) for name in names} if train else {},
+                "kernels": {"cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                            **{key: os.environ.get(key) for key in PORTABLE_KERNELS}},
+                "train": {name: record_train(tiny_dir, workdir, name) for name in names},
                 "solve": {name: record_solve(workdir, name) for name in names}}
     finally:
         torch.set_num_threads(threads)
+
+
+def record_portably(out: Path, names: list[str] | None = None) -> dict:
+    """Build the tiny model and record ``names`` in a child process with PORTABLE_KERNELS; returns the recording
+    (also written to ``out``)."""
+    command = [sys.executable, str(SCRIPT), "--out", str(out)] + (["--solvers", *names] if names else [])
+    env = {**os.environ, **PORTABLE_KERNELS, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} exited with {done.returncode}:\n{done.stderr[-4000:]}")
+    return json.loads(out.read_text(encoding="utf-8"))

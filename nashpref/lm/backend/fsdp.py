@@ -98,7 +98,7 @@ class DataParallelBackend:
         if dist.is_initialized():
             dist.barrier()
         if self.owns_group and dist.is_initialized():
-            _leave_vllm_groups()
+            _leave_vllm_groups()              # vLLM's teardown may end the default group itself
         if self.owns_group and dist.is_initialized():
             try:
                 dist.destroy_process_group()
