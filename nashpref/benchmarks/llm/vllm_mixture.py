@@ -261,7 +261,8 @@ def report(results: dict, command: str) -> str:
                      f"{entry['engine_kv_cache_bytes'] / 2**20:.0f} | {entry['sync_full_seconds_median']:.4f} |")
     lines += ["", "Parameter tensors undercount on CPU: vLLM repacks linear weights into oneDNN handles that are "
               "not tensors. The RSS growth includes vLLM's own start-up allocations; the KV cache is the size the "
-              "sampler asks for on CPU (1 GiB), allocated lazily.", ""]
+              "sampler asks for on CPU (keys and values of its largest batch at the model's context, at most 1 GiB: "
+              "`cpu_kv_cache_bytes`), allocated lazily.", ""]
     for size, entry in results["sizes"].items():
         lora = entry.get("lora")
         if lora:
