@@ -91,8 +91,10 @@ DIFFERENCES = """\
   the other's keys and values and the draws are not from π^(1−β)μ^β (errors of several nats per token, table
   below). Row `trl-nash-md-nogc` therefore makes the wrapper's `generate` use `use_cache=False` (a few lines in
   this script, what TRL intends), and stays exact. Ours samples the mixture token by token with one KV cache per
-  model (`nashpref.lm.samplers.hf`), exact to ~2e-6. vLLM cannot sample the mixture on either side; in the `-vllm`
-  rows only the policy's own samples come from vLLM.
+  model (`nashpref.lm.samplers.hf`), exact to ~2e-6, in the `-hf` rows. In the `-vllm` rows both the policy's
+  samples and the mixture come from one vLLM engine that holds π and μ as two decoder stacks with their own KV
+  caches and mixes their logits (`nashpref.lm.samplers.vllm_mixture`; each row of `metrics.jsonl` says
+  `"samplers": {"policy": "vllm", "mixture": "vllm"}`). TRL has no vLLM path for the mixture.
 * **Nash-MD responses per prompt.** TRL draws 1 policy and 1 mixture completion per prompt per step; ours runs
   with `--samples 1` (the same 1 + 1). Both use β = 0.125 for the mixture (TRL's default is 0.5) and τ = β_KL = 0.1.
 * **Nash-MD KL term.** TRL: Σ_t sg(log π/μ at t)·log π(y_t) (per-token REINFORCE of the KL). Ours: τ·sg(Σ_t log
@@ -174,7 +176,8 @@ def render_readme(r: dict) -> str:
               "Rows: `trl-nash-md`, `trl-online-dpo`: TRL with its defaults (gradient checkpointing on, hence no KV "
               "cache in generation); `trl-…-nogc`: `gradient_checkpointing=False` (policy samples with the cache; "
               "Nash-MD's mixture still without, see below); `ours-…-vllm`: `nashpref train --sampler vllm` (policy "
-              "samples from an in-process vLLM engine, synced and verified every iteration); `ours-…-hf`: "
+              "samples, and Nash-MD's mixture, from an in-process vLLM engine, synced and verified every "
+              "iteration); `ours-…-hf`: "
               "`--sampler hf` (transformers generate with the cache).", "",
               "| method | median s / iteration | per-seed medians | sampling | judging | training | sync "
               "| total wall s (start-up incl.) |",
