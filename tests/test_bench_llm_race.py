@@ -202,3 +202,23 @@ def test_lr_warmup_below_zero_is_bad_input(tmp_path):
                          lr_warmup=-1)
     with pytest.raises(BadInput, match="--lr-warmup"):
         config.validate()
+
+
+def test_a_run_made_with_another_budget_is_not_reused(tmp_path):
+    """runs.stale: a finished run whose options differ from the preset's (another lr, samples, solver option) is
+    trained again; more iterations or another device only extend or move the same run."""
+    import dataclasses
+
+    from nashpref.benchmarks.llm.runs import stale
+    from nashpref.io import write_json
+    from nashpref.lm.config import TrainConfig, describe_config, make_solver
+
+    run = TrainConfig(policy="p", preference="rule:cycle", prompts="x.jsonl", solver="onpo", out=tmp_path / "r",
+                      lr=2e-3, lr_decay=0.9, samples=4, iterations=16)
+    assert not stale(run)                                   # nothing there yet
+    run.out.mkdir()
+    write_json(run.out / "config.json", describe_config(run, make_solver(run)))
+    assert not stale(run)
+    assert not stale(dataclasses.replace(run, iterations=32, device="cpu"))
+    for change in ({"lr": 1e-3}, {"lr_decay": 0.8}, {"samples": 8}, {"eval_samples": 16}, {"solver": "nash-md"}):
+        assert stale(dataclasses.replace(run, **change)), change
