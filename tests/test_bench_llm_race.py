@@ -121,6 +121,9 @@ def test_race_end_to_end_one_solver_one_seed_one_iteration(tmp_path, monkeypatch
 
     monkeypatch.setitem(llm_setup.SIZES, "tiny", SMALL)
     monkeypatch.setattr(race, "RACE_SFT_STEPS", 30)
+    # the race's corpus is 8% warm, 4% plain: 32 responses of a 30-step SFT can miss a class, which the class game
+    # refuses; an even corpus keeps every class in this small run
+    monkeypatch.setattr(race, "RACE_SHARES", {"warm": 1 / 3, "cold": 1 / 3, "plain": 1 / 3})
     monkeypatch.setattr(race, "REFERENCE_SAMPLES", 4)
     monkeypatch.setitem(race.PRESETS, "quick", race.RaceBudget(iterations=1, samples=2, lr=1e-3, lr_decay=0.5, heldout=2,
                                                                eval_samples=3, max_new_tokens=10))

@@ -76,8 +76,8 @@ def resolve_race_budget(config: LLMBenchConfig) -> RaceBudget:
 
 
 # ---- the setup and its class game --------------------------------------------------------------------------------
-def build_race_setup(config: LLMBenchConfig, shares: dict[str, float] = RACE_SHARES) -> Path:
-    return build_setup(config.out / "setup", config.size, config.setup_seed, shares=shares,
+def build_race_setup(config: LLMBenchConfig, shares: dict[str, float] | None = None) -> Path:
+    return build_setup(config.out / "setup", config.size, config.setup_seed, shares=shares or RACE_SHARES,
                        sft_steps=RACE_SFT_STEPS)
 
 
