@@ -121,6 +121,9 @@ def test_race_end_to_end_one_solver_one_seed_one_iteration(tmp_path, monkeypatch
 
     monkeypatch.setitem(llm_setup.SIZES, "tiny", SMALL)
     monkeypatch.setattr(race, "RACE_SFT_STEPS", 30)
+    # the race's corpus is 8% warm, 4% plain: 32 responses of a 30-step SFT can miss a class, which the class game
+    # refuses; an even corpus keeps every class in this small run
+    monkeypatch.setattr(race, "RACE_SHARES", {"warm": 1 / 3, "cold": 1 / 3, "plain": 1 / 3})
     monkeypatch.setattr(race, "REFERENCE_SAMPLES", 4)
     monkeypatch.setitem(race.PRESETS, "quick", race.RaceBudget(iterations=1, samples=2, lr=1e-3, lr_decay=0.5, heldout=2,
                                                                eval_samples=3, max_new_tokens=10))
@@ -202,3 +205,23 @@ def test_lr_warmup_below_zero_is_bad_input(tmp_path):
                          lr_warmup=-1)
     with pytest.raises(BadInput, match="--lr-warmup"):
         config.validate()
+
+
+def test_a_run_made_with_another_budget_is_not_reused(tmp_path):
+    """runs.stale: a finished run whose options differ from the preset's (another lr, samples, solver option) is
+    trained again; more iterations or another device only extend or move the same run."""
+    import dataclasses
+
+    from nashpref.benchmarks.llm.runs import stale
+    from nashpref.io import write_json
+    from nashpref.lm.config import TrainConfig, describe_config, make_solver
+
+    run = TrainConfig(policy="p", preference="rule:cycle", prompts="x.jsonl", solver="onpo", out=tmp_path / "r",
+                      lr=2e-3, lr_decay=0.9, samples=4, iterations=16)
+    assert not stale(run)                                   # nothing there yet
+    run.out.mkdir()
+    write_json(run.out / "config.json", describe_config(run, make_solver(run)))
+    assert not stale(run)
+    assert not stale(dataclasses.replace(run, iterations=32, device="cpu"))
+    for change in ({"lr": 1e-3}, {"lr_decay": 0.8}, {"samples": 8}, {"eval_samples": 16}, {"solver": "nash-md"}):
+        assert stale(dataclasses.replace(run, **change)), change

@@ -24,7 +24,7 @@ from pathlib import Path
 
 
 from nashpref.benchmarks.llm.config import LLMBenchConfig
-from nashpref.benchmarks.llm.race import build_race_setup, resolve_race_budget, train_race
+from nashpref.benchmarks.llm.race import PAIRWISE_SHARES, build_race_setup, resolve_race_budget, train_race
 from nashpref.benchmarks.llm.runs import start_output
 from nashpref.benchmarks.llm.setup import random_prompt, styled_response
 from nashpref.benchmarks.stats import format_ci
@@ -119,7 +119,7 @@ def run_pairwise(config: LLMBenchConfig, command: str | None = None) -> Path:
     budget = resolve_race_budget(config)
     started, load_before, date = start_output(config)
     out = config.out
-    setup = build_race_setup(config)
+    setup = build_race_setup(config, PAIRWISE_SHARES)
     oracle_dir = build_oracle(setup, out, config.setup_seed)
     fit_seconds = time.perf_counter() - started
     spec = f"pairwise:{oracle_dir}"

@@ -4,6 +4,7 @@ with finished runs reused, and the time and load it started at."""
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import shutil
 import sys
@@ -30,11 +31,26 @@ def start_output(config: LLMBenchConfig) -> tuple[float, float, str]:
     return started, load_before, date
 
 
+def stale(run) -> bool:
+    """Whether ``run.out`` holds a run trained with other options than ``run`` (another preset budget, solver
+    options, setup): it must not be reused or resumed. Only the options a resumption may change are ignored
+    (more iterations extend a run: the lr schedule is per iteration, so a run's first rows do not depend on them)."""
+    from nashpref.lm.config import RESUMABLE_CHANGES, describe_config, make_solver
+
+    previous = run.out / "config.json"
+    if not previous.is_file():
+        return False
+    before = json.loads(previous.read_text(encoding="utf-8"))
+    now = json.loads(json.dumps(describe_config(run, make_solver(run))))     # through JSON, as the file was
+    return any(before.get(key) != now.get(key) for key in set(before) | set(now) if key not in RESUMABLE_CHANGES)
+
+
 def train_each(config: LLMBenchConfig, iterations: int, train_config: Callable, **train_options
                ) -> tuple[dict[tuple[str, int], list[dict]], list[str]]:
     """Train every (method, seed) with ``train_config(method, seed)``, methods interleaved within a seed so their
     timings are taken side by side. A run whose final/ exists with ``iterations`` rows is reused (``run_train``
-    resumes a partial one from its checkpoint). Returns each run's metrics rows and the reused runs' names."""
+    resumes a partial one from its checkpoint); a run made with other options (:func:`stale`) is deleted and trained
+    again. Returns each run's metrics rows and the reused runs' names."""
     from tqdm import tqdm
 
     from nashpref.lm.trainer import run_train
@@ -45,12 +61,15 @@ def train_each(config: LLMBenchConfig, iterations: int, train_config: Callable, 
     with tqdm(total=len(jobs), desc="runs", unit="run", file=sys.stderr, disable=not config.progress or None,
               dynamic_ncols=True) as bar:
         for method, seed in jobs:
+            run = train_config(method, seed)
             metrics = run_dir(config, method, seed) / "metrics.jsonl"
+            if stale(run):
+                shutil.rmtree(run.out)
             if (metrics.parent / "final").is_dir() and metrics.exists() and len(read_jsonl(metrics)) >= iterations:
                 reused.append(f"{method}/seed-{seed}")
             else:
                 bar.set_postfix_str(f"{method} seed {seed}")
-                run_train(train_config(method, seed), progress=config.progress, **train_options)
+                run_train(run, progress=config.progress, **train_options)
             rows[(method, seed)] = read_jsonl(metrics)
             bar.update()
     return rows, reused
