@@ -81,7 +81,11 @@ class TabularBenchConfig:
     """[sampled] Seeds, one run each; the tables show medians over seeds (default 0 1; 0 with --quick)."""
     recommended: bool = True
     """[sampled] Each solver's tuned tabular settings (its sampled_defaults and sampled_options, as `solve
-    --recommended`; their iteration count is replaced by the budget's); else the generic sampled defaults."""
+    --recommended`), its tuned iteration count cut at the budget; else the generic sampled defaults."""
+    fill_budget: bool = False
+    """[sampled] Run budget // (queries per round) iterations even where that is more than the solver's tuned
+    count. Rounds that ask each distinct pair once cost ≤ N(N−1)/2 queries, so on a 3-action game the budget alone
+    buys 33,333 of them (SPPO, DNO, SPO, COMAL, MPO): the race then takes hours instead of minutes."""
     tau: Annotated[float | None, tyro.conf.arg(metavar="X")] = None
     """KL strength τ ≥ 0 for every game, overriding the game files (at 0, solvers that need τ > 0 are skipped)."""
     quick: bool = False
@@ -103,6 +107,7 @@ class Plan:
     large_iterations: int
     budget: int
     seeds: tuple[int, ...]
+    fill_budget: bool = False
     skipped: list[dict] = field(default_factory=list)
     sampled: dict[str, dict] = field(default_factory=dict)     # solver → its sampled settings
 
@@ -128,7 +133,8 @@ def make_plan(config: TabularBenchConfig) -> Plan:
             raise BadInput(f"bench tabular: unknown {kind} {unknown[0]!r} (choose from: {', '.join(known)})")
     games = {spec: load_game(spec, config.tau) for spec in distinct(config.games, "games")}
     plan = Plan(games=games, solvers=list(solvers), modes=list(modes), iterations=iterations,
-                large_iterations=min(large, iterations), budget=budget, seeds=tuple(seeds))
+                large_iterations=min(large, iterations), budget=budget, seeds=tuple(seeds),
+                fill_budget=bool(config.fill_budget))
     for label, game in games.items():
         for name in solvers:
             if REGISTRY[name].needs_tau and game.tau == 0:
@@ -316,7 +322,8 @@ def run_bench_tabular(config: TabularBenchConfig) -> int:
 
 def race_tasks(plan: Plan) -> list[dict]:
     """Every (mode, game, solver[, seed]) to run, with its iteration count. Sampled iteration counts come from
-    one counted round per game and solver; a budget below one round is a BadInput."""
+    one counted round per game and solver (at most the solver's tuned count unless ``fill_budget``); a budget
+    below one round is a BadInput."""
     skipped = {(s["game"], s["solver"]) for s in plan.skipped}
     tasks = []
     for mode in plan.modes:
@@ -333,6 +340,8 @@ def race_tasks(plan: Plan) -> list[dict]:
                 first, later = queries_per_round(game, REGISTRY[name](settings["options"]), settings["values"])
                 budget = plan.budget * game.num_contexts
                 iterations = 0 if budget < first else 1 + (budget - first) // later
+                if settings["tuned_iterations"] and not plan.fill_budget:
+                    iterations = min(iterations, settings["tuned_iterations"])
                 per_round = first
                 if iterations < 1:
                     raise BadInput(f"bench tabular: query_budget {plan.budget} is below one round of {name} on "
