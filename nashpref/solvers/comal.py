@@ -135,9 +135,10 @@ class COMAL(AnchoredSolver):
     # Covered optimistic rounds (1024 μ-samples, 8192 opponents, each distinct pair asked once: ≤ N(N−1)/2
     # queries a round): one SGD step of lr ½ is the inner ONPO step, so a run is COMAL with an optimistic inner
     # loop of ``period`` steps. INPO inner steps need ≈ 1/(2λ²) steps per e-fold of a slow mode λ whatever τ;
-    # optimistic steps of η ≈ 1 make a weak τ pay (catalyst-like): exact dynamics reach Gap₀ ≤ 0.03 within 1184
+    # optimistic steps of η ≈ 1 make a weak τ pay (catalyst-like): exact dynamics hold Gap₀ ≤ 0.03 within 1148
     # steps on every N ∈ {7, 10}, game 1–3 benchmark game (INPO at τ = 0.1: 3268 on N = 10 game 3). Their larger
-    # step passes on more of r̂'s noise: 1024 opponents left Gap₀ 0.02–0.05 there, 8192 (no more queries) ≤ 0.018.
+    # step passes on more of r̂'s noise: with 1024 opponents simulated runs crossed 0.03 until step ~2000–2200,
+    # with 8192 (no more queries: distinct pairs) they held it from step ≤ 1200 (bench/.../more-games.md).
     sampled_defaults: ClassVar[dict] = {"lr": 0.5, "optimizer": "sgd", "samples": 4, "iterations": 2000}
     sampled_options: ClassVar[dict] = {"tau": 0.02, "period": 100, "inner": "onpo", "opponents": 8192,
                                        "reference_samples": 1024, "distinct": True}
@@ -155,7 +156,7 @@ class COMAL(AnchoredSolver):
 
     def inner_rate(self, tau: float) -> tuple[float, float]:
         """(step η, contraction ητ per step) of the iterative inner solver."""
-        eta = default_eta(tau) if self.config.inner in ("inpo", "exact") else 1.0 / (tau + 1.0)
+        eta = default_eta(tau) if self.config.inner == "inpo" else 1.0 / (tau + 1.0)
         return eta, eta * tau
 
     def inner_steps(self, tau: float) -> int:
