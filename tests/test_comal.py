@@ -115,10 +115,11 @@ def test_default_budget_reaches_gap_1e_6_on_egpo_random():
 
 
 @pytest.mark.parametrize("inner, name, tau", [("inpo", "weighted-rps", 0.1), ("egpo", "weighted-rps", 0.1),
-                                             ("egpo", "partial-support", 0.03)])
+                                             ("egpo", "partial-support", 0.03), ("onpo", "weighted-rps", 0.1),
+                                             ("onpo", "partial-support", 0.03)])
 def test_iterative_inner_solvers_reach_the_unregularised_equilibrium(inner, name, tau):
-    """40 outer steps of the default inner_steps each (INPO at τ = 0.1: 180; EGPO: 76 at τ = 0.1, 238 at 0.03).
-    Observed Gap₀ of the last iterate: 1.3e-9, 1.3e-9 and 2.3e-10. (On the partial-support game τ = 0.1 is too
+    """40 outer steps of the default inner_steps each (INPO at τ = 0.1: 180; EGPO and ONPO: 76 at τ = 0.1, 238 at
+    0.03). Observed Gap₀ of the last iterate: 1.3e-9, 1.3e-9, 2.3e-10, 1.3e-9 and 5.2e-10. (On the partial-support game τ = 0.1 is too
     strong: even exact inner solves leave Gap₀ = 2e-4 after 100 outer steps, against 3e-14 after 60 at τ = 0.03.)"""
     game = partial_support_game() if name == "partial-support" else load_game(name, tau=0.0)
     solver = COMAL(Config(tau=tau, inner=inner))
@@ -162,10 +163,11 @@ def test_solver_loss_of_a_batch_by_hand():
 
 
 def test_sampled_training_reaches_the_unregularised_equilibrium():
-    """COMAL's default sampled run (``sampled_defaults`` / ``sampled_options``: covered rounds, inner INPO steps at
-    τ = 0.1 towards an anchor refreshed every 50 rounds, SGD lr ½, 2000 rounds). Measured last-iterate Gap₀ (seed
-    0): 0.015, 0.0017, 0.0065 and 0.0011 after 500, 1000, 1500 and 2000 rounds (6k queries). The earlier on-policy
-    defaults (K = 64, Adam lr 0.01, period 200) were at 0.015, 0.009, 0.024 and 0.011 after 750–3000 rounds."""
+    """COMAL's default sampled run (``sampled_defaults`` / ``sampled_options``: covered rounds, optimistic inner
+    steps (ONPO's) at τ = 0.02 towards an anchor refreshed every 100 rounds, 8192 opponents, SGD lr ½, 2000
+    rounds). Measured last-iterate Gap₀ (seed 0): 0.0021, 0.0015, 0.0007 and 0.0045 after 500, 1000, 1500 and
+    2000 rounds (6k queries). The INPO inner steps at τ = 0.1 before: 0.015, 0.0017, 0.0065 and 0.0011; the
+    earlier on-policy defaults (K = 64, Adam lr 0.01, period 200): 0.015, 0.009, 0.024 and 0.011 after 750–3000."""
     game = load_game("weighted-rps")          # the file's τ plays no part: COMAL targets the τ = 0 game
     config = SampledConfig(**COMAL.sampled_defaults, seed=0)
     run = run_sampled(game, COMAL(Config(**COMAL.sampled_options)), config)

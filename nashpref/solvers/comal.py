@@ -34,8 +34,12 @@ the policy refreshed every ``period`` rounds (``nashpref.solvers.anchor``) and �
 minimiser is the INPO step on the game with reference π_k (tests/test_comal.py). With ``opponents`` /
 ``reference_samples`` (covered rounds, the tuned tabular settings) the pair label is ½ + r̂(y) − r̂(y'), r̂ the
 win-rate against fresh draws from π_t, and the loss becomes a centred regression (``covered_loss``) of which one SGD
-step of lr ½ is the inner INPO step. On weighted-rps the default sampled run's last-iterate Gap₀ is 0.0011 after
-2000 rounds (6k queries); the on-policy rounds with Adam wandered between 0.002 and 0.08 at Adam's noise floor.
+step of lr ½ is the inner INPO step. With ``inner='onpo'`` (the tuned settings: τ = 0.02, period 100, 8192
+opponents) each round is ONPO's optimistic step instead: the target is (1 + c) r̂_t − c r̂_{t−1}, c = 1 − ητ,
+η = 1/(1 + τ), r̂_{t−1} against the previous round's opponents (``win_rates.optimistic_samples``; not
+checkpointed, like ONPO's memory). On weighted-rps the default sampled run's last-iterate Gap₀ is 0.0045 after
+2000 rounds (6k queries); on the benchmark's N = 10 games it holds Gap₀ ≤ 0.03 from ≤ 51k queries
+(bench/sampled-efficiency/more-games.md), where the INPO rounds (τ = 0.1, period 50) missed by 0.084.
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ from nashpref.solvers.anchor import Anchor, AnchoredSolver, ExactAnchor, anchore
 from nashpref.solvers.base import Batch, Policy, Round, SolverConfig, register
 from nashpref.solvers.checks import check_number
 from nashpref.solvers.inpo import default_eta, pair_batch, pair_loss
-from nashpref.solvers.win_rates import joined, scored_samples
+from nashpref.solvers.win_rates import joined, optimistic, optimistic_samples, scored_samples
 
 DEFAULT_OUTER = 200         # exact inner solves, τ = 0.005: egpo-random reaches Gap₀ 5.5e-7
 INNER_TOL, INNER_RESIDUAL_TOL = 1e-12, 1e-14     # the exact inner solve: solve_equilibrium's defaults
@@ -80,14 +84,16 @@ def proximal_step(game: PreferenceGame, log_pi: Tensor, tau: float) -> Tensor:
 class Config(SolverConfig):
     positive = ("tau",)
     counts = ("opponents", "reference_samples")
-    choices = {"inner": ("exact", "inpo", "egpo")}
+    choices = {"inner": ("exact", "inpo", "egpo", "onpo")}
 
     tau: float = 0.005
     """Strength τ of the KL to the previous outer iterate π_k (the proximal weight). Smaller: fewer outer
     iterations, each a harder regularised game."""
-    inner: Literal["exact", "inpo", "egpo"] = "exact"
+    inner: Literal["exact", "inpo", "egpo", "onpo"] = "exact"
     """Exact dynamics: how each regularised game is solved. 'exact': to gap ≤ 1e-12, one iteration per outer step.
-    'inpo' / 'egpo': ``inner_steps`` steps of that solver's exact dynamics (with its default step for τ)."""
+    'inpo' / 'egpo' / 'onpo': ``inner_steps`` steps of that solver's exact dynamics (with its default step for τ;
+    'onpo': optimistic mirror descent, η = 1/(1 + τ), the prediction carried across refreshes). Sampled training:
+    'onpo' makes each round an optimistic step (``optimistic_batch``), any other value an INPO step."""
     inner_steps: int | None = None
     """Iterations per outer step for inner 'inpo' / 'egpo'. None: enough for the inner solver's linear rate
     (1 − ητ)^s to reach 1e-3."""
@@ -126,19 +132,24 @@ def covered_loss(log_prob: Tensor, previous: Tensor, anchor: Tensor, win_rate: T
 class COMAL(AnchoredSolver):
     name = "comal"
     Config = Config
-    # Covered rounds (1024 μ-samples and 1024 opponents, each distinct pair asked once: ≤ N(N−1)/2 queries a
-    # round): one SGD step of lr ½ is the inner INPO step with win-rates estimated from the opponents, so a run is
-    # COMAL with an INPO inner loop of ``period`` steps. τ = 0.1 and period 50 took the fewest exact steps to Gap₀
-    # ≤ 0.02 on the benchmark's random games (bench/sampled-efficiency; τ ∈ {0.05, …, 0.3}, periods 10–200)
+    # Covered optimistic rounds (1024 μ-samples, 8192 opponents, each distinct pair asked once: ≤ N(N−1)/2
+    # queries a round): one SGD step of lr ½ is the inner ONPO step, so a run is COMAL with an optimistic inner
+    # loop of ``period`` steps. INPO inner steps need ≈ 1/(2λ²) steps per e-fold of a slow mode λ whatever τ;
+    # optimistic steps of η ≈ 1 make a weak τ pay (catalyst-like): exact dynamics hold Gap₀ ≤ 0.03 within 1148
+    # steps on every N ∈ {7, 10}, game 1–3 benchmark game (INPO at τ = 0.1: 3268 on N = 10 game 3). Their larger
+    # step passes on more of r̂'s noise: with 1024 opponents simulated runs crossed 0.03 until step ~2000–2200,
+    # with 8192 (no more queries: distinct pairs) they held it from step ≤ 1200 (bench/.../more-games.md).
     sampled_defaults: ClassVar[dict] = {"lr": 0.5, "optimizer": "sgd", "samples": 4, "iterations": 2000}
-    sampled_options: ClassVar[dict] = {"tau": 0.1, "period": 50, "opponents": 1024, "reference_samples": 1024,
-                                       "distinct": True}
+    sampled_options: ClassVar[dict] = {"tau": 0.02, "period": 100, "inner": "onpo", "opponents": 8192,
+                                       "reference_samples": 1024, "distinct": True}
 
     def __init__(self, config: Config | None = None):
         super().__init__(config)
         self.inner_steps(self.prox_tau())   # τ, inner_steps and period are checked when the solver is built
         check_count(self.config.period, "period", self.name)
         self.exact_anchor, self.anchor = ExactAnchor(), Anchor()
+        self.previous_scores: Tensor | None = None      # exact inner 'onpo': g_{t−1}
+        self.memory: tuple | None = None                # optimistic rounds: (contexts, opponents, their count)
 
     def prox_tau(self) -> float:
         return check_number(self.config.tau, "tau", self.name)
@@ -161,6 +172,7 @@ class COMAL(AnchoredSolver):
     def init(self, game: PreferenceGame) -> Tensor:
         self.exact_anchor.reset()
         self.anchor.reset()
+        self.previous_scores = self.memory = None
         return game.log_mu.clone()
 
     def step(self, game: PreferenceGame, log_pi: Tensor, t: int) -> Tensor:
@@ -172,6 +184,11 @@ class COMAL(AnchoredSolver):
         eta = self.inner_rate(tau)[0]
         if self.config.inner == "inpo":
             return regularised.mirror_step(log_pi, game.win_rates(log_pi.exp()), eta)
+        if self.config.inner == "onpo":     # ONPO's step: (1 + c) g_t − c g_{t−1}, c = 1 − ητ; g_{−1} := g_0
+            scores = game.win_rates(log_pi.exp())
+            previous = scores if t == 0 or self.previous_scores is None else self.previous_scores
+            self.previous_scores = scores
+            return regularised.mirror_step(log_pi, optimistic(scores, previous, eta, tau), eta)
         return extragradient_step(regularised, log_pi, eta)
 
     # ---- sampled training ----------------------------------------------------------------------------------
@@ -179,6 +196,8 @@ class COMAL(AnchoredSolver):
         period = check_count(self.config.period, "period", self.name)
         self.anchor.update(round, period)
         c = self.config
+        if c.inner == "onpo" and (c.opponents or c.reference_samples):
+            return self.optimistic_batch(round)
         if c.opponents or c.reference_samples:
             batch = scored_samples(round, self.name, "win_rate", c.opponents, c.reference_samples, c.distinct)
             for prefix in ("", "reference_") if "reference_responses" in batch else ("",):
@@ -188,12 +207,26 @@ class COMAL(AnchoredSolver):
         responses, batch = pair_batch(round, self.name, c.distinct)
         return batch | {"log_prob_anchor": self.anchor.log_prob(round.contexts, responses)}
 
+    def round_eta(self, tau: float) -> float:
+        """The covered rounds' step: ONPO's 1/(1 + τ) for optimistic rounds, else INPO's τ/(τ² + ¼)."""
+        return 1.0 / (1.0 + tau) if self.config.inner == "onpo" else default_eta(tau)
+
+    def optimistic_batch(self, round: Round) -> Batch:
+        """A covered round with ONPO's optimistic target (``optimistic_samples``), plus the anchor's log-probs."""
+        c = self.config
+        batch, self.memory = optimistic_samples(round, self.name, "win_rate", c.opponents, c.reference_samples,
+                                                c.distinct, self.memory, self.round_eta(self.prox_tau()),
+                                                self.prox_tau())
+        for prefix in ("", "reference_") if "reference_responses" in batch else ("",):
+            batch[f"{prefix}log_prob_anchor"] = self.anchor.log_prob(round.contexts, batch[f"{prefix}responses"])
+        return batch
+
     def loss(self, batch: Batch, policy: Policy) -> tuple[Tensor, dict[str, float]]:
         tau = self.prox_tau()
         if "win_rate" in batch:
             log_prob, previous, win_rate, weight, anchor = joined(batch, policy, "win_rate", self.config.distinct,
                                                                  "log_prob_anchor")
-            per_context = covered_loss(log_prob, previous, anchor, win_rate, weight, default_eta(tau), tau)
+            per_context = covered_loss(log_prob, previous, anchor, win_rate, weight, self.round_eta(tau), tau)
             # distinct: each action once and contexts summed, so one SGD step of lr ½ is the inner INPO step
             return (per_context.sum() if weight is not None else per_context.mean()), {}
         return pair_loss(batch, policy, batch["log_prob_anchor"], default_eta(tau), tau), {}

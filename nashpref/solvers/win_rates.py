@@ -17,7 +17,7 @@ from torch import Tensor
 
 from nashpref.errors import BadInput
 from nashpref.solvers.base import take
-from nashpref.solvers.coverage import compact, distinct_weights
+from nashpref.solvers.coverage import COUNTED, compact, distinct_weights
 
 
 def preference_matrix(round: Any, responses: Any, k: int, distinct: bool = False) -> Tensor:
@@ -44,7 +44,42 @@ def preference_matrix(round: Any, responses: Any, k: int, distinct: bool = False
 def distinct_actions(ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """For each row of (B, n) ids: its distinct ids in increasing order (B, U), how often each occurs (B, U), and
     each entry's column among them (B, n). Rows with fewer than U distinct ids are padded with their smallest
-    id and count 0."""
+    id and count 0.
+
+    Ids below ``COUNTED`` × n are counted in a (B, max id + 1) table (a few O(Bn) passes); larger ones are sorted
+    (a covered round's 1024 draws per context: sorting them was most of its time on many-context games)."""
+    size = int(ids.max().item()) + 1
+    if size > COUNTED * ids.shape[1]:
+        return sorted_distinct(ids)
+    table = id_counts(ids, size)
+    values, slot, rank = table_columns(table > 0, ids.min(-1, keepdim=True).values)
+    return values, by_column(table, slot, values.shape[1]), rank.gather(1, ids)
+
+
+def id_counts(ids: Tensor, size: int) -> Tensor:
+    """(B, size) how often each id occurs in each row of ``ids``."""
+    ones = torch.ones(1, dtype=torch.float64).expand(ids.shape)
+    return torch.zeros(ids.shape[0], size, dtype=torch.float64).scatter_add_(1, ids, ones)
+
+
+def table_columns(present: Tensor, smallest: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """For a (B, size) mask of the ids present in each row: the present ids in increasing order (B, U), padded
+    with ``smallest``; each id's column (U, a spare column, for the absent); each id's rank among the present."""
+    rank = present.long().cumsum(-1) - 1
+    width = int(rank[:, -1].max().item()) + 1
+    slot = torch.where(present, rank, width)            # absent ids go to a spare column, dropped below
+    values = smallest.expand(-1, width + 1).clone().scatter_(
+        1, slot, torch.arange(present.shape[1]).expand_as(slot))[:, :width]
+    return values, slot, rank
+
+
+def by_column(table: Tensor, slot: Tensor, width: int) -> Tensor:
+    """(B, width) the entries of a (B, size) id table in ``table_columns``' columns (0 in padding columns)."""
+    return torch.zeros(table.shape[0], width + 1, dtype=table.dtype).scatter_(1, slot, table)[:, :width]
+
+
+def sorted_distinct(ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``distinct_actions`` by sorting each row (for ids too large to count in a table)."""
     ordered, order = torch.sort(ids, dim=-1)
     first = torch.ones_like(ordered, dtype=torch.bool)
     first[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
@@ -82,17 +117,39 @@ def distinct_prefer(round: Any, a: Tensor, b: Tensor) -> Tensor:
 def win_rates_against(round: Any, responses: Any, n: int, opponents: Any, k: int, distinct: bool = False) -> Tensor:
     """(B, n) P̂(y ≻ π_t): each of the n responses against every one of the k opponents (n·k queries; with
     ``distinct`` on action ids, one query per distinct pair of different actions, weighted by its count)."""
-    batch = round.contexts.shape[0]
     if distinct and isinstance(responses, Tensor) and isinstance(opponents, Tensor):
-        mine, _, where = distinct_actions(responses)
-        theirs, counts, _ = distinct_actions(opponents)
-        shape = (batch, mine.shape[1], theirs.shape[1])
-        p = distinct_prefer(round, mine.unsqueeze(2).expand(shape).reshape(batch, -1),
-                            theirs.unsqueeze(1).expand(shape).reshape(batch, -1)).reshape(shape)
-        return ((p * counts.unsqueeze(1)).sum(-1) / k).gather(1, where)
+        return win_rates_against_each(round, responses, n, [opponents], [k], distinct=True)[0]
+    batch = round.contexts.shape[0]
     first = take(responses, torch.arange(n).repeat_interleave(k).unsqueeze(0).expand(batch, -1))
     second = take(opponents, torch.arange(k).repeat(n).unsqueeze(0).expand(batch, -1))
     return round.prefer(first, second).to(torch.float64).reshape(batch, n, k).mean(-1)
+
+
+def win_rates_against_each(round: Any, responses: Any, n: int, groups: list, sizes: list[int],
+                           distinct: bool = False) -> list[Tensor]:
+    """[(B, n) P̂(y ≻ group) for each group of ``sizes[i]`` opponents per context] (COMAL's optimistic rounds:
+    this round's opponents and the previous round's). With ``distinct`` on action ids all groups share one query
+    per distinct pair of different actions (each group weighs the answers by its own counts); else each group is
+    queried apart."""
+    if not (distinct and isinstance(responses, Tensor) and all(isinstance(g, Tensor) for g in groups)):
+        return [win_rates_against(round, responses, n, g, size) for g, size in zip(groups, sizes)]
+    batch = round.contexts.shape[0]
+    mine, _, where = distinct_actions(responses)
+    ids = int(max(g.max().item() for g in groups)) + 1
+    if ids > COUNTED * max(g.shape[1] for g in groups):        # large id spaces: sort the groups together
+        theirs, _, column = sorted_distinct(torch.cat(groups, dim=-1))
+        edges = torch.tensor([0, *sizes]).cumsum(0).tolist()
+        counts = [torch.zeros(batch, theirs.shape[1], dtype=torch.float64).scatter_add_(
+            1, column[:, lo:hi], torch.ones(batch, hi - lo, dtype=torch.float64)) for lo, hi in zip(edges, edges[1:])]
+    else:       # one id table per group (O(B·M) each): no concatenated copy of the opponents, no sort
+        tables = [id_counts(g, ids) for g in groups]
+        smallest = torch.stack([g.min(-1).values for g in groups], -1).min(-1, keepdim=True).values
+        theirs, slot, _ = table_columns(sum(tables) > 0, smallest)
+        counts = [by_column(table, slot, theirs.shape[1]) for table in tables]
+    shape = (batch, mine.shape[1], theirs.shape[1])
+    p = distinct_prefer(round, mine.unsqueeze(2).expand(shape).reshape(batch, -1),
+                        theirs.unsqueeze(1).expand(shape).reshape(batch, -1)).reshape(shape)
+    return [((p * count.unsqueeze(1)).sum(-1) / size).gather(1, where) for count, size in zip(counts, sizes)]
 
 
 def check_count(value: Any, name: str, solver: str) -> int:
@@ -131,6 +188,43 @@ def scored_samples(round: Any, solver: str, key: str, opponents: int = 0, extra:
         batch |= {"reference_responses": others, f"reference_{key}": rates[:, k:],
                   "reference_log_prob_previous": round.log_prob(others, "previous")}
     return batch
+
+
+def optimistic(scores: Tensor, previous: Tensor, eta: float, tau: float) -> Tensor:
+    """ONPO's predicted win-rates (1 + c) g_t − c g_{t−1}, c = 1 − ητ (``nashpref.solvers.onpo``)."""
+    c = 1.0 - eta * tau
+    return (1.0 + c) * scores - c * previous
+
+
+def optimistic_samples(round: Any, solver: str, key: str, opponents: int, extra: int, distinct: bool,
+                       memory: tuple | None, eta: float, tau: float) -> tuple[dict, tuple]:
+    """``scored_samples``'s batch with ONPO's optimistic target (1 + c) r̂_t − c r̂_{t−1} under ``key``: r̂_t
+    against this round's opponents, r̂_{t−1} against the previous round's (``memory``, returned updated; on action
+    ids both share one query per distinct pair). Without memory (first round, other contexts) it is r̂_t."""
+    k, extra = round.samples, check_count(extra, "reference_samples", solver)
+    responses = round.sample(k)
+    rivals, m = (round.sample(check_count(opponents, "opponents", solver)), opponents) if opponents else \
+        (responses, k)
+    others = round.sample(extra, "reference") if extra else None
+    usable = memory is not None and torch.equal(memory[0], round.contexts)
+    groups, sizes = [rivals] + ([memory[1]] if usable else []), [m] + ([memory[2]] if usable else [])
+
+    def rates_of(scored: Any, n: int) -> list[Tensor]:
+        return win_rates_against_each(round, scored, n, groups, sizes, distinct)
+
+    if others is None:
+        rates = rates_of(responses, k)
+    elif isinstance(responses, Tensor):     # action ids: one deduplicated query for both
+        rates = rates_of(torch.cat([responses, others], dim=-1), k + extra)
+    else:
+        rates = [torch.cat(pair, dim=-1) for pair in zip(rates_of(responses, k), rates_of(others, extra))]
+    target = optimistic(rates[0], rates[1], eta, tau) if usable else rates[0]
+    batch = {"contexts": round.contexts, "responses": responses, key: target[:, :k],
+             "log_prob_previous": round.log_prob(responses, "previous")}
+    if others is not None:
+        batch |= {"reference_responses": others, f"reference_{key}": target[:, k:],
+                  "reference_log_prob_previous": round.log_prob(others, "previous")}
+    return batch, (round.contexts.clone(), rivals, m)
 
 
 def reference_entries(round: Any, solver: str, extra: int, opponents: Any, k: int, target_key: str) -> dict:

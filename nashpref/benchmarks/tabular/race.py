@@ -71,9 +71,8 @@ class TabularBenchConfig:
     exact_iterations: Annotated[int | None, tyro.conf.arg(metavar="N")] = None
     """[exact] Iterations of every solver (default 2000; 200 with --quick)."""
     large_game_iterations: Annotated[int | None, tyro.conf.arg(metavar="N")] = None
-    """[exact] Iterations on games with more than 1000 (context, action) pairs, such as batch-256, where one
-    iterative-DPO round (a Bradley-Terry fit) costs ~30 ms (default 500; 100 with --quick; at most
-    --exact-iterations)."""
+    """[exact] Iterations on games with more than 1000 (context, action) pairs, such as batch-256, where an iterative
+    DPO round (a Bradley-Terry fit) costs ~30 ms (default 500; 100 with --quick; at most --exact-iterations)."""
     query_budget: Annotated[int | None, tyro.conf.arg(metavar="Q")] = None
     """[sampled] Preference queries per context, the same for every solver, which runs budget // (its queries
     per context and iteration) iterations (default 100000; 20000 with --quick)."""
@@ -81,7 +80,9 @@ class TabularBenchConfig:
     """[sampled] Seeds, one run each; the tables show medians over seeds (default 0 1; 0 with --quick)."""
     recommended: bool = True
     """[sampled] Each solver's tuned tabular settings (its sampled_defaults and sampled_options, as `solve
-    --recommended`; their iteration count is replaced by the budget's); else the generic sampled defaults."""
+    --recommended`), its tuned iteration count cut at the budget; else the generic sampled defaults."""
+    fill_budget: bool = False
+    """[sampled] Spend the whole budget, beyond each solver's tuned iteration count (hours: bench/README.md §1)."""
     tau: Annotated[float | None, tyro.conf.arg(metavar="X")] = None
     """KL strength τ ≥ 0 for every game, overriding the game files (at 0, solvers that need τ > 0 are skipped)."""
     quick: bool = False
@@ -103,6 +104,7 @@ class Plan:
     large_iterations: int
     budget: int
     seeds: tuple[int, ...]
+    fill_budget: bool = False
     skipped: list[dict] = field(default_factory=list)
     sampled: dict[str, dict] = field(default_factory=dict)     # solver → its sampled settings
 
@@ -128,7 +130,8 @@ def make_plan(config: TabularBenchConfig) -> Plan:
             raise BadInput(f"bench tabular: unknown {kind} {unknown[0]!r} (choose from: {', '.join(known)})")
     games = {spec: load_game(spec, config.tau) for spec in distinct(config.games, "games")}
     plan = Plan(games=games, solvers=list(solvers), modes=list(modes), iterations=iterations,
-                large_iterations=min(large, iterations), budget=budget, seeds=tuple(seeds))
+                large_iterations=min(large, iterations), budget=budget, seeds=tuple(seeds),
+                fill_budget=bool(config.fill_budget))
     for label, game in games.items():
         for name in solvers:
             if REGISTRY[name].needs_tau and game.tau == 0:
@@ -220,9 +223,8 @@ def race_row(game: PreferenceGame, solver: Solver, run: ExactRun, seconds: float
 
 def exact_row(game: PreferenceGame, solver: Solver, iterations: int, curve_points: int,
               equilibrium: torch.Tensor) -> dict:
-    """Exact dynamics measured at every iteration. Where measuring is a sizeable share of the time (cheap steps),
-    the seconds come from a second, unmeasured run of the same deterministic dynamics; else the measuring,
-    timed apart, is subtracted (iterative DPO's steps cost 100× an evaluation, and a rerun would double them)."""
+    """Exact dynamics measured at every iteration. Where measuring is a sizeable share of the time, the seconds come
+    from an unmeasured rerun; else the measuring, timed apart, is subtracted (iterative DPO: 100× an evaluation)."""
     run = run_exact(game, solver, iterations, log_points=iterations)
     evaluation = iterations * evaluation_seconds(game, run)
     if evaluation > MEASURING_SHARE * run.seconds:
@@ -257,15 +259,13 @@ def evaluation_seconds(game: PreferenceGame, run: ExactRun) -> float:
 
 
 def queries_per_round(game: PreferenceGame, solver: Solver, values: dict) -> tuple[int, int]:
-    """Preference queries (all contexts) of the first round and of every later one, counted by running two
-    (a solver with memory, e.g. ONPO, queries more once it has a previous round)."""
+    """Queries (all contexts) of the first round and of every later one, counted by running two (ONPO's grow)."""
     queries = [row["queries"] for row in run_sampled(game, solver, SampledConfig(iterations=2, **values)).metrics]
     return queries[0], queries[1] - queries[0]
 
 
 def game_reference(game: PreferenceGame) -> dict:
-    """The game's size, the gap at μ, the exact equilibrium π*_τ and, for τ > 0, the τ-gap of the τ = 0
-    equilibrium (from the LP), where SPPO and DNO head."""
+    """The game's size, the gap at μ, π*_τ and, for τ > 0, the τ-gap of π*₀ (the LP's), where SPPO and DNO head."""
     equilibrium = solve_equilibrium(game)
     info = {"name": game.name, "contexts": game.num_contexts, "actions": game.num_actions, "tau": game.tau,
             "gap_at_mu": game.gap(game.mu).max().item(), "equilibrium_gap": equilibrium.gap.max().item(),
@@ -316,7 +316,7 @@ def run_bench_tabular(config: TabularBenchConfig) -> int:
 
 def race_tasks(plan: Plan) -> list[dict]:
     """Every (mode, game, solver[, seed]) to run, with its iteration count. Sampled iteration counts come from
-    one counted round per game and solver; a budget below one round is a BadInput."""
+    one counted round per game and solver (≤ the tuned count); a budget below one round is a BadInput."""
     skipped = {(s["game"], s["solver"]) for s in plan.skipped}
     tasks = []
     for mode in plan.modes:
@@ -333,10 +333,11 @@ def race_tasks(plan: Plan) -> list[dict]:
                 first, later = queries_per_round(game, REGISTRY[name](settings["options"]), settings["values"])
                 budget = plan.budget * game.num_contexts
                 iterations = 0 if budget < first else 1 + (budget - first) // later
-                per_round = first
+                if settings["tuned_iterations"] and not plan.fill_budget:
+                    iterations = min(iterations, settings["tuned_iterations"])
                 if iterations < 1:
                     raise BadInput(f"bench tabular: query_budget {plan.budget} is below one round of {name} on "
-                                   f"{label} ({per_round / game.num_contexts:g} queries per context)")
+                                   f"{label} ({first / game.num_contexts:g} queries per context)")
                 tasks += [{"mode": mode, "game": label, "solver": name, "seed": seed, "iterations": iterations}
                           for seed in plan.seeds]
     return tasks

@@ -151,10 +151,16 @@ def mode_section(report: dict, mode: str) -> str:
     sampled = mode == "sampled"
     summary = summarise(report, mode)
     if sampled:
-        head = [f"## Sampled mode: {report['query_budget']:,} preference queries per context for every solver",
+        capped = not report["config"].get("fill_budget", True) and report["config"]["recommended"]
+        head = [f"## Sampled mode: {'at most ' if capped else ''}{report['query_budget']:,} preference queries per "
+                "context for every solver",
                 "", f"Seeds {', '.join(map(str, report['seeds']))} (medians over seeds), exact preference "
                 "probabilities as labels, every context in every round. Each solver's iterations are the budget "
-                "divided by what one of its rounds queries per context (counted by running one round). Settings "
+                "divided by what one of its rounds queries per context (counted by running one round)"
+                + ("" if not capped else
+                   ", at most its tuned iteration count (its default `solve --mode sampled` run; rounds that "
+                   "ask each distinct pair once cost ≤ N(N−1)/2 queries, so the budget alone would buy 33,333 "
+                   "of them on a 3-action game): the queries each run spent are in the table") + ". Settings "
                 "(tuned: the fields taken from the solver's recommended tabular settings):", "",
                 settings_table(report, summary)]
     else:
