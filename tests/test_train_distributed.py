@@ -44,6 +44,11 @@ def env() -> dict:
     return os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
 
 
+def shm_segments() -> set[str]:
+    """vLLM's CPU all-reduce files in /dev/shm (x86 builds with AVX512 use them for tensor parallelism)."""
+    return {path.name for path in Path("/dev/shm").glob("*cpushm*")} if Path("/dev/shm").is_dir() else set()
+
+
 def torchrun(nproc: int, *args: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
 
@@ -165,11 +170,14 @@ def test_vllm_tensor_parallel_engines_draw_what_one_rank_draws(ranks, vllm_runs,
     meet in all-reduces over gloo): one engine on 2 ranks, or two engines on 4 ranks. The responses are those of
     one rank's engine of tensor parallel 1, token for token (seeded per prompt; the all-reduce only changes float
     rounding, ~1e-6 in log-probs), and every rank's engine holds the final weights (its teacher-forced log-probs
-    match the saved final policy within the sync tolerance)."""
+    match the saved final policy within the sync tolerance). No shared-memory file of vLLM's CPU all-reduce is left
+    behind: one left by the 2-rank run made the 4-rank run's engine fail (same group name)."""
+    before = shm_segments()
     done = subprocess.run(torchrun(ranks, str(ROOT / "tests" / "dist_worker.py"), "vllm", str(tmp_path),
                                    str(tiny_dir), str(prompts_file), "2", "sppo"), env=env(), capture_output=True,
                           text=True, timeout=1500)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert shm_segments() <= before
     one, two = vllm_runs[1] / "sppo", tmp_path / "sppo"
     for iteration in (1, 2):
         name = f"rounds/iteration-{iteration:04d}.jsonl"

@@ -17,6 +17,7 @@ only when all of that is on disk. DCP reshards on load, so a run saved with N ra
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -230,8 +231,28 @@ def _leave_vllm_groups() -> None:
     group): left alone, the engine's finalizer tries it at exit, after our group is gone, and prints a traceback."""
     state = sys.modules.get("vllm.distributed.parallel_state")
     if state is not None and state.model_parallel_is_initialized():
+        segments = _cpu_shm_segments(state)
         state.destroy_model_parallel()
         state.destroy_distributed_environment()
+        for path in segments:
+            with contextlib.suppress(FileNotFoundError):     # a peer of the group may have unlinked it first
+                path.unlink()
+
+
+def _cpu_shm_segments(state) -> list[Path]:
+    """The shared-memory files of vLLM's CPU all-reduce for this process's tensor/pipeline-parallel groups (x86
+    builds with AVX512). vLLM names them after the group's ranks, not the run, and only a C++ destructor at
+    interpreter exit unlinks them, which a finished rank's quick exit skips: left in /dev/shm, they made the next
+    engine on the same ranks fail ("create shm in SHMManager failed. errno: 17")."""
+    import glob
+
+    paths = []
+    for group in vars(state).values():
+        name = getattr(getattr(getattr(group, "device_communicator", None), "dist_module", None), "group_name", None)
+        if isinstance(group, state.GroupCoordinator) and isinstance(name, str):
+            pattern = os.path.join("/dev/shm", glob.escape(name.lstrip("/")) + "_*")   # shm_open drops leading "/"
+            paths += [Path(found) for found in glob.glob(pattern)]
+    return paths
 
 
 def attach_twin(policy: nn.Module, backend: DataParallelBackend) -> nn.Module:
