@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from behaviour import PORTABLE_KERNELS, TINY_BUILD, record  # noqa: E402  (imports torch: kernels set below)
+from behaviour import PORTABLE_KERNELS, TINY_BUILD, record, solvers  # noqa: E402  (imports torch: kernels set below)
 
 
 def main() -> None:
@@ -28,6 +28,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "tests" / "data" / "behaviour.json")
     parser.add_argument("--solvers", nargs="+", default=None, help="default: every registered solver")
     args = parser.parse_args()
+    unknown = sorted(set(args.solvers or []) - set(solvers()))
+    if unknown:
+        print(f"error: --solvers: unknown solver {unknown[0]!r} (choose from: {', '.join(solvers())})",
+              file=sys.stderr)
+        sys.exit(2)
     if any(os.environ.get(key) != value for key, value in PORTABLE_KERNELS.items()):
         # torch read its kernel choice at import: start again with the portable settings in place
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **PORTABLE_KERNELS})
@@ -36,7 +41,7 @@ def main() -> None:
 
     from nashpref.lm.tiny import make_tiny_model
 
-    torch.set_num_threads(1)          # the tiny model's build depends on it
+    torch.set_num_threads(1)          # the tiny model's build and the runs depend on it
     with tempfile.TemporaryDirectory() as tmp:
         tiny = Path(tmp) / "tiny"
         make_tiny_model(tiny, **TINY_BUILD)

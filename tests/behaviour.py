@@ -105,18 +105,14 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "record_behaviour.py"
 
 
 def record(tiny_dir: Path, workdir: Path, names: list[str] | None = None) -> dict:
-    """The recording of ``names`` (default: every registered solver), in this process (see record_portably)."""
+    """The recording of ``names`` (default: every registered solver), in this process: scripts/record_behaviour.py
+    calls it with PORTABLE_KERNELS and one torch thread in place (see record_portably)."""
     names = solvers() if names is None else names
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)          # as the tests run: results then do not depend on the core count
-    try:
-        return {"train_options": TRAIN_OPTIONS, "solve_options": SOLVE_OPTIONS, "tiny_build": TINY_BUILD,
-                "kernels": {"cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                            **{key: os.environ.get(key) for key in PORTABLE_KERNELS}},
-                "train": {name: record_train(tiny_dir, workdir, name) for name in names},
-                "solve": {name: record_solve(workdir, name) for name in names}}
-    finally:
-        torch.set_num_threads(threads)
+    return {"train_options": TRAIN_OPTIONS, "solve_options": SOLVE_OPTIONS, "tiny_build": TINY_BUILD,
+            "kernels": {"cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                        **{key: os.environ.get(key) for key in PORTABLE_KERNELS}},
+            "train": {name: record_train(tiny_dir, workdir, name) for name in names},
+            "solve": {name: record_solve(workdir, name) for name in names}}
 
 
 def record_portably(out: Path, names: list[str] | None = None) -> dict:

@@ -186,8 +186,7 @@ class COMAL(AnchoredSolver):
             return regularised.mirror_step(log_pi, game.win_rates(log_pi.exp()), eta)
         if self.config.inner == "onpo":     # ONPO's step: (1 + c) g_t − c g_{t−1}, c = 1 − ητ; g_{−1} := g_0
             scores = game.win_rates(log_pi.exp())
-            previous = scores if t == 0 or self.previous_scores is None else self.previous_scores
-            self.previous_scores = scores
+            previous, self.previous_scores = None if t == 0 else self.previous_scores, scores
             return regularised.mirror_step(log_pi, optimistic(scores, previous, eta, tau), eta)
         return extragradient_step(regularised, log_pi, eta)
 

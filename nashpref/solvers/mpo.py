@@ -135,8 +135,8 @@ class MPO(AnchoredSolver):
         magnet = anchored_game(game, self.exact_anchor.at(log_pi, t, period), alpha)
         mirror, scores = eta / (1.0 + eta * alpha), game.win_rates(log_pi.exp())
         if self.config.optimism:            # g_{−1} := g_0
-            previous = scores if t == 0 or self.previous_scores is None else self.previous_scores
-            self.previous_scores, scores = scores, optimistic(scores, previous, mirror, alpha)
+            previous, self.previous_scores = None if t == 0 else self.previous_scores, scores
+            scores = optimistic(scores, previous, mirror, alpha)
         return magnet.mirror_step(log_pi, scores, mirror)
 
     # ---- sampled training ----------------------------------------------------------------------------------

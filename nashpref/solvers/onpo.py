@@ -47,7 +47,7 @@ from nashpref.core.game import GameError, PreferenceGame
 from nashpref.solvers.base import Batch, Policy, Round, Solver, SolverConfig, register
 from nashpref.solvers.checks import check_number, require_samples
 from nashpref.solvers.hedge import hedge_log_range
-from nashpref.solvers.win_rates import preference_matrix
+from nashpref.solvers.win_rates import optimistic, preference_matrix
 
 MAX_DEFAULT_ITERATIONS = 200_000
 
@@ -108,10 +108,8 @@ class ONPO(Solver):
     def step(self, game: PreferenceGame, log_pi: Tensor, t: int) -> Tensor:
         eta = self.step_size(game.tau)
         scores = game.win_rates(log_pi.exp())
-        previous = scores if t == 0 or self._previous_scores is None else self._previous_scores
-        self._previous_scores = scores
-        c = 1.0 - eta * game.tau
-        return game.mirror_step(log_pi, (1.0 + c) * scores - c * previous, eta)
+        previous, self._previous_scores = None if t == 0 else self._previous_scores, scores
+        return game.mirror_step(log_pi, optimistic(scores, previous, eta, game.tau), eta)
 
     # ---- sampled training ----------------------------------------------------------------------------------
     def collect(self, round: Round) -> Batch:

@@ -139,8 +139,7 @@ def win_rates_against_each(round: Any, responses: Any, n: int, groups: list, siz
     if ids > COUNTED * max(g.shape[1] for g in groups):        # large id spaces: sort the groups together
         theirs, _, column = sorted_distinct(torch.cat(groups, dim=-1))
         edges = torch.tensor([0, *sizes]).cumsum(0).tolist()
-        counts = [torch.zeros(batch, theirs.shape[1], dtype=torch.float64).scatter_add_(
-            1, column[:, lo:hi], torch.ones(batch, hi - lo, dtype=torch.float64)) for lo, hi in zip(edges, edges[1:])]
+        counts = [id_counts(column[:, lo:hi], theirs.shape[1]) for lo, hi in zip(edges, edges[1:])]
     else:       # one id table per group (O(B·M) each): no concatenated copy of the opponents, no sort
         tables = [id_counts(g, ids) for g in groups]
         smallest = torch.stack([g.min(-1).values for g in groups], -1).min(-1, keepdim=True).values
@@ -190,10 +189,11 @@ def scored_samples(round: Any, solver: str, key: str, opponents: int = 0, extra:
     return batch
 
 
-def optimistic(scores: Tensor, previous: Tensor, eta: float, tau: float) -> Tensor:
-    """ONPO's predicted win-rates (1 + c) g_t − c g_{t−1}, c = 1 − ητ (``nashpref.solvers.onpo``)."""
+def optimistic(scores: Tensor, previous: Tensor | None, eta: float, tau: float) -> Tensor:
+    """ONPO's predicted win-rates (1 + c) g_t − c g_{t−1}, c = 1 − ητ (``nashpref.solvers.onpo``); with no
+    previous scores (the first step) g_{t−1} := g_t."""
     c = 1.0 - eta * tau
-    return (1.0 + c) * scores - c * previous
+    return (1.0 + c) * scores - c * (scores if previous is None else previous)
 
 
 def optimistic_samples(round: Any, solver: str, key: str, opponents: int, extra: int, distinct: bool,
