@@ -16,6 +16,7 @@ from nashpref.core.exact import ExactRun, iterate_metrics
 from nashpref.core.game import PreferenceGame
 from nashpref.core.tabular import MatrixOracle, TabularPolicy
 from nashpref.errors import BadInput
+from nashpref.lm.backend.single import SingleBackend
 from nashpref.selfplay import Hooks, Iteration, self_play
 from nashpref.solvers.base import Solver
 
@@ -31,7 +32,8 @@ class SampledConfig:
     labels: Literal["exact", "bernoulli"] = "exact"
     """Preference signal: 'exact' returns P(a ≻ b); 'bernoulli' one sampled 0/1 label per queried pair."""
     lr: float = 0.01
-    """Learning rate of the optimizer on the policy logits."""
+    """Learning rate of the optimizer on the policy logits; with SGD, the step on each context's logits whatever
+    the number of contexts (a round's loss is summed over its contexts, not averaged)."""
     optimizer: Literal["sgd", "adam"] = "adam"
     """Optimizer on the policy logits: Adam (torch defaults besides lr; the more robust choice across solvers
     and games) or plain SGD without momentum (the form in which one online-IPO step is a mirror step)."""
@@ -135,6 +137,19 @@ def single_thread():
         torch.set_num_threads(threads)
 
 
+class ContextSumBackend(SingleBackend):
+    """One process, with a loss that is a mean over prompts (or pairs) turned into their sum.
+
+    Each context's logits of a tabular policy see only that context's loss terms, so under SGD a mean over B
+    contexts shrinks every context's step B-fold and ties a tuned lr to the number of contexts (defaults tuned on
+    one-context games under-stepped 10-fold on the 10-context egpo-random game). Summing makes lr the per-context
+    step, as the covered rounds' losses (``loss_count`` None) already are. Adam is left on means: its step does
+    not depend on the gradient's scale."""
+
+    def loss_scale(self, count: float | None) -> float:
+        return 1.0 if count is None else max(count, 1.0)
+
+
 def _run_sampled(game, solver, config, on_iteration, checkpoint_dir, resume) -> ExactRun:
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
@@ -148,7 +163,7 @@ def _run_sampled(game, solver, config, on_iteration, checkpoint_dir, resume) -> 
                       generator=generator, tau=game.tau, exact_labels=config.labels == "exact",
                       epochs=config.epochs, minibatches=config.minibatches,
                       contexts_per_round=config.contexts_per_round, hooks=log, checkpoints=checkpoint_dir,
-                      resume=resume)
+                      resume=resume, backend=ContextSumBackend("cpu") if config.optimizer == "sgd" else None)
     policies, last = log.current(state["iteration"])
     return ExactRun(policies=policies, last_policies=last, iterations=state["iteration"],
                     seconds=state["seconds"], metrics=log.rows)

@@ -140,9 +140,9 @@ def test_needs_positive_tau_and_valid_options():
 
 # ---- sampled training on a tabular policy ----------------------------------------------------------------------
 # The PG loss's expected gradient on tabular logits is τ/4 times online IPO's (same pairs), so it takes a
-# ~4/τ times larger SGD step.
-PG = SampledConfig(iterations=400, samples=64, lr=4.0, optimizer="sgd")
-IPO_MD = SampledConfig(iterations=400, samples=64, lr=0.1, optimizer="sgd")
+# ~4/τ times larger SGD step (the recommended settings; SGD's lr is a per-context step).
+PG = SampledConfig(iterations=800, samples=64, lr=1.6, optimizer="sgd")
+IPO_MD = SampledConfig(iterations=800, samples=64, lr=0.04, optimizer="sgd")
 
 
 @pytest.mark.parametrize("loss, config", [("pg", PG), ("ipo", IPO_MD)])
@@ -150,11 +150,11 @@ def test_sampled_training_reaches_the_equilibrium_on_random_games(random_game, l
     # The β = 0.125 mixture moves the fixed point off π*: its gap is 3.2e-3 here (8.4e-4 on weighted RPS).
     game = random_game(10, 0, 0.1, contexts=3)
     run = run_sampled(game, solver(loss=loss), config)
-    assert run.metrics[-1]["gap"] <= 0.02          # measured over seeds 0–4: pg 0.0051–0.0079, ipo 0.0037–0.0085
+    assert run.metrics[-1]["gap"] <= 0.02          # measured over seeds 0–4: pg 0.0043–0.0094, ipo 0.0016–0.0074
 
 
 @pytest.mark.parametrize("loss, config", [("pg", PG), ("ipo", IPO_MD)])
 def test_sampled_training_reaches_the_equilibrium_on_weighted_rps(loss, config):
     game = PreferenceGame.create(WRPS, [1 / 3] * 3, 0.1)
     run = run_sampled(game, solver(loss=loss), config)
-    assert run.metrics[-1]["gap"] <= 0.02          # measured over seeds 0–4: pg 0.0027–0.0102, ipo 0.0032–0.0056
+    assert run.metrics[-1]["gap"] <= 0.02          # measured over seeds 0–4: pg 0.0003–0.0043, ipo 0.0002–0.0044

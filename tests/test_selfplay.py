@@ -341,3 +341,38 @@ def test_loop_with_online_ipo_loss_reaches_the_exact_equilibrium():
 def test_bad_config_is_a_game_error(field, value, message):
     with pytest.raises(NashprefError, match=message):
         run_sampled(weighted_rps(), OnlineIPO(), SampledConfig(**{field: value}))
+
+
+
+class BatchRecorder(OnlineIPO):
+    """Keeps every batch its loss is called with, and the logits it is called at."""
+
+    def __init__(self):
+        super().__init__()
+        self.steps = []
+
+    def loss(self, batch, policy):
+        self.steps.append((batch, policy.logits.detach().clone()))
+        return super().loss(batch, policy)
+
+
+@pytest.mark.parametrize("minibatches", [1, 2])
+def test_sgd_steps_each_context_by_lr_times_its_own_loss_gradient(random_game, minibatches):
+    # A tabular policy's logits of one context see only that context's loss terms: under SGD the step on context c
+    # must be −lr · ∇ℓ_c (its own loss on its own rows) whatever the number of contexts in the step, so that a lr
+    # tuned on one-context games carries to many. Checked against that gradient computed on context c's rows alone.
+    game, lr = random_game(5, 3, 0.1, contexts=4), 0.3
+    solver = BatchRecorder()
+    run = run_sampled(game, solver, SampledConfig(iterations=1, samples=6, lr=lr, optimizer="sgd",
+                                                  minibatches=minibatches))
+    assert len(solver.steps) == minibatches
+    expected = game.log_mu.clone()
+    for batch, before in solver.steps:
+        for row, context in enumerate(batch["contexts"].tolist()):
+            own_rows = {key: value[row:row + 1] for key, value in batch.items()}
+            policy = TabularPolicy(before)
+            loss, _ = OnlineIPO.loss(solver, own_rows, policy)
+            loss.backward()
+            expected[context] = before[context] - lr * policy.logits.grad[context]
+    # the mean over 4 contexts would have stepped each by lr/4 (or lr/2 per minibatch): far outside the tolerance
+    assert_close(run.last_policies, torch.softmax(expected, -1), length=game.num_actions)
