@@ -14,7 +14,7 @@ from scipy.optimize import minimize, root
 from nashpref.benchmarks.llm import race
 from nashpref.benchmarks.llm import setup as llm_setup
 from nashpref.benchmarks.llm.classgame import BT_RIDGE, ClassGame, bt_gibbs_map, class_shares
-from nashpref.benchmarks.llm.race_report import mixture_gap
+from nashpref.benchmarks.llm.race_report import mixture_gap, stored_class_game
 from nashpref.errors import BadInput
 from nashpref.preferences.rule import CYCLE_WIN, rule_oracle
 
@@ -57,7 +57,6 @@ def test_class_gap_against_a_direct_maximisation(shares):
     assert game.gap(torch.tensor(pi)) == pytest.approx(direct, abs=1e-9)
 
 
-
 def test_iterates_mixture_gap_is_the_gap_of_the_mean_shares():
     # Three iterates leaning on each class in turn: answering with a uniformly drawn one yields uniform class
     # shares, whose gap is maximised directly (scipy), independently of nashpref's gap.
@@ -65,11 +64,12 @@ def test_iterates_mixture_gap_is_the_gap_of_the_mean_shares():
     game = {"matrix": MATRIX.tolist(), "reference": MU.tolist()}
     uniform = np.full(3, 1 / 3)
     direct = maximise(lambda p: objective(p, uniform)) + maximise(lambda q: -objective(uniform, q))
-    assert mixture_gap(game, TAU, rows) == pytest.approx(direct, abs=1e-9)      # as in the direct test above
+    assert mixture_gap(stored_class_game(game, TAU), rows) == pytest.approx(direct, abs=1e-9)      # as in the direct test above
     # and it is not the mean of the iterates' own gaps (the gap is not linear in the policy)
     own = np.mean([maximise(lambda p, s=np.array(r["class_shares"]): objective(p, s))
                    + maximise(lambda q, s=np.array(r["class_shares"]): -objective(s, q)) for r in rows])
     assert abs(own - direct) > 0.01
+
 
 def numpy_equilibrium(steps: int = 20_000) -> np.ndarray:
     """The τ-regularised equilibrium by extragradient mirror descent in numpy (independent of nashpref)."""

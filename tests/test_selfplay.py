@@ -343,7 +343,6 @@ def test_bad_config_is_a_game_error(field, value, message):
         run_sampled(weighted_rps(), OnlineIPO(), SampledConfig(**{field: value}))
 
 
-
 class BatchRecorder(OnlineIPO):
     """Keeps every batch its loss is called with, and the logits it is called at."""
 

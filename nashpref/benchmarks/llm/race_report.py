@@ -21,11 +21,12 @@ PALETTE = [f"tab:{c}" for c in ("blue", "orange", "green", "red", "purple", "bro
 def summary(results: dict) -> dict:
     """Per method: final gap, best gap, KL, win-rate vs μ (per seed), the reduction of μ's gap, s / iteration."""
     reference = results["reference_class_gap"]
+    game = stored_class_game(results["class_game"], results["tau"])
     table = {}
     for method in results["methods"]:
         runs = [results["runs"][method][str(s)] for s in results["seeds"]]
         final = [rows[-1]["class_gap"] for rows in runs]
-        mixture = [mixture_gap(results["class_game"], results["tau"], rows) for rows in runs]
+        mixture = [mixture_gap(game, rows) for rows in runs]
         table[method] = {
             "final_gap": final, "best_gap": [min(r["class_gap"] for r in rows) for rows in runs],
             "mixture_gap": mixture, "mixture_reduction": reference / max(mean_ci(mixture)[0], 1e-12),
@@ -39,12 +40,16 @@ def summary(results: dict) -> dict:
     return table
 
 
-def mixture_gap(class_game: dict, tau: float, rows: list[dict]) -> float:
+def stored_class_game(class_game: dict, tau: float) -> PreferenceGame:
+    """The class game as results.json stores it (its matrix and μ's measured shares), without re-solving it."""
+    return PreferenceGame.create(torch.tensor(class_game["matrix"], dtype=torch.float64),
+                                 torch.tensor(class_game["reference"], dtype=torch.float64), tau)
+
+
+def mixture_gap(game: PreferenceGame, rows: list[dict]) -> float:
     """The class-game gap of the policy that answers with a uniformly drawn iterate π_1 … π_T: the average iterate
     whose convergence SPPO, DNO and SPO guarantee (and ONPO's at τ = 0). Its class shares are the mean of the
     iterates' shares, since the oracle reads only the class."""
-    game = PreferenceGame.create(torch.tensor(class_game["matrix"], dtype=torch.float64),
-                                 torch.tensor(class_game["reference"], dtype=torch.float64), tau)
     shares = torch.tensor([row["class_shares"] for row in rows], dtype=torch.float64).mean(0)
     return game.gap(shares[None]).item()
 
