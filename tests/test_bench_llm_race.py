@@ -14,7 +14,7 @@ from scipy.optimize import minimize, root
 from nashpref.benchmarks.llm import race
 from nashpref.benchmarks.llm import setup as llm_setup
 from nashpref.benchmarks.llm.classgame import BT_RIDGE, ClassGame, bt_gibbs_map, class_shares
-from nashpref.benchmarks.llm.race_report import mixture_gap, stored_class_game
+from nashpref.benchmarks.llm.race_report import describe_setting, mixture_gap, stored_class_game, target_gaps
 from nashpref.errors import BadInput
 from nashpref.preferences.rule import CYCLE_WIN, rule_oracle
 
@@ -69,6 +69,61 @@ def test_iterates_mixture_gap_is_the_gap_of_the_mean_shares():
     own = np.mean([maximise(lambda p, s=np.array(r["class_shares"]): objective(p, s))
                    + maximise(lambda q, s=np.array(r["class_shares"]): -objective(s, q)) for r in rows])
     assert abs(own - direct) > 0.01
+
+
+def test_each_solver_is_scored_on_the_gap_it_targets():
+    # SPPO (average iterate, ignores τ): the τ = 0 gap max_k (M s̄)_k − ½ of the iterates' mean shares s̄, worked
+    # out by hand; INPO (last iterate, τ game): the τ gap of its last shares, maximised directly (scipy).
+    game = {"matrix": MATRIX.tolist(), "reference": MU.tolist()}
+    iterates = [[0.6, 0.2, 0.2], [0.2, 0.2, 0.6]]               # mean (0.4, 0.2, 0.4)
+    results = {"class_game": game, "seeds": [0], "reference_class_gap": 0.3, "tau": TAU,
+               "runs": {m: {"0": [{"class_shares": s} for s in iterates]} for m in ("sppo", "inpo", "onpo")}}
+    stored = stored_class_game(game, TAU)
+    sppo = target_gaps(results, "sppo", stored)
+    w = CYCLE_WIN       # rows of M times (0.4, 0.2, 0.4): 0.2 + 0.2w + 0.4(1 − w), 0.4(1 − w) + 0.1 + 0.4w, ...
+    by_hand = max(0.2 + 0.2 * w + 0.4 * (1 - w), 0.4 * (1 - w) + 0.1 + 0.4 * w, 0.4 * w + 0.2 * (1 - w) + 0.2) - 0.5
+    assert (sppo["game"], sppo["iterate"]) == ("τ = 0", "mixture")
+    assert sppo["gaps"] == [pytest.approx(by_hand, abs=8 * EPS)]
+    # μ's τ = 0 gap, by hand: μ = (0.84, 0.08, 0.08); the best reply is plain (it beats warm)
+    mu_by_hand = max(0.42 + 0.08 * w + 0.08 * (1 - w), 0.84 * (1 - w) + 0.04 + 0.08 * w,
+                     0.84 * w + 0.08 * (1 - w) + 0.04) - 0.5
+    assert sppo["reference"] == pytest.approx(mu_by_hand, abs=8 * EPS)
+    inpo = target_gaps(results, "inpo", stored)
+    last = np.array(iterates[-1])
+    direct = maximise(lambda p: objective(p, last)) + maximise(lambda q: -objective(last, q))
+    assert (inpo["game"], inpo["iterate"], inpo["reference"]) == ("τ", "last", 0.3)
+    assert inpo["gaps"] == [pytest.approx(direct, abs=1e-9)]       # as in the direct test above
+    # the curves: SPPO's first point is the first iterate's own τ = 0 gap (0.6, 0.2, 0.2): row 3 of M, plain
+    first = max(0.3 + 0.2 * w + 0.2 * (1 - w), 0.6 * (1 - w) + 0.1 + 0.2 * w, 0.6 * w + 0.2 * (1 - w) + 0.1) - 0.5
+    assert sppo["curves"] == [[pytest.approx(first, abs=8 * EPS), pytest.approx(by_hand, abs=8 * EPS)]]
+    # ONPO takes τ when given one and its theory is about the average iterate: the τ gap of the mean shares
+    onpo, mean = target_gaps(results, "onpo", stored), np.array([0.4, 0.2, 0.4])
+    assert (onpo["game"], onpo["iterate"]) == ("τ", "mixture")
+    assert onpo["gaps"] == [pytest.approx(maximise(lambda p: objective(p, mean))
+                                          + maximise(lambda q: -objective(mean, q)), abs=1e-9)]
+
+
+def test_race_settings_reach_the_training_config(tmp_path, monkeypatch):
+    from nashpref.benchmarks.llm.config import LLMBenchConfig
+    from nashpref.lm.config import make_solver
+
+    setting = race.RaceSetting(lr=5e-4, lr_decay=0.9, adam_beta1=0.0, options=(("tau", 0.2), ("period", 8)))
+    monkeypatch.setattr(race, "RACE_SETTINGS", {"comal": setting})
+    budget = race.PRESETS["full"]
+    build = lambda method, **options: race.race_train_config(        # noqa: E731
+        LLMBenchConfig(preset="full", out=tmp_path, **options), budget, tmp_path, method, 0, "hf")
+    tuned = build("comal")
+    assert (tuned.lr, tuned.lr_decay, tuned.adam_beta1) == (5e-4, 0.9, 0.0)
+    assert (make_solver(tuned).config.tau, make_solver(tuned).config.period) == (0.2, 8)
+    plain = build("comal", tuned=False)
+    assert (plain.lr, plain.lr_decay, plain.adam_beta1) == (budget.lr, budget.lr_decay, 0.9)
+    assert make_solver(plain).config.period == 100                   # COMAL's own default
+    other = build("inpo")
+    assert (other.lr, other.lr_decay, other.adam_beta1) == (budget.lr, budget.lr_decay, 0.9)
+    given = build("comal", lr=2e-3)                                  # --lr applies to every solver
+    assert (given.lr, given.lr_decay, given.adam_beta1) == (2e-3, 0.9, 0.0)
+    assert describe_setting(setting.describe()) == "lr 0.0005 × 0.9, β1 0, tau 0.2, period 8"
+    assert describe_setting({}) == "preset"
 
 
 def numpy_equilibrium(steps: int = 20_000) -> np.ndarray:
@@ -164,7 +219,7 @@ def test_race_end_to_end_one_solver_one_seed_one_iteration(tmp_path, monkeypatch
     assert league["players"][0] == "online-ipo"
     for i in range(len(league["players"])):       # sᵀ M s = ½ for any s, since M + Mᵀ = 1
         assert league["win_rate"][i][i] == pytest.approx(0.5, abs=16 * EPS)
-    assert (out / "gap.png").stat().st_size > 0 and (out / "league.png").stat().st_size > 0
+    assert all((out / name).stat().st_size > 0 for name in ("gap.png", "league.png", "target.png"))
     assert "| online-ipo |" in report.read_text()
     # bad input: one line, exit 2, nothing written
     before = sorted(p.name for p in out.iterdir())
@@ -213,6 +268,38 @@ def test_lr_decay_out_of_range_is_bad_input(decay, tmp_path):
         config.validate()
 
 
+@pytest.mark.parametrize("beta1", [-0.1, 1.0, float("nan")])
+def test_adam_beta1_out_of_range_is_bad_input(beta1, tmp_path):
+    from nashpref.lm.config import TrainConfig
+
+    config = TrainConfig(policy="p", preference="rule:cycle", prompts="x.jsonl", solver="inpo", out=tmp_path / "o",
+                         adam_beta1=beta1)
+    with pytest.raises(BadInput, match="--adam-beta1"):
+        config.validate()
+
+
+@pytest.mark.parametrize("beta1", [0.0, 0.9])
+def test_adam_beta1_steps_by_hand(beta1):
+    """--adam-beta1: two AdamW steps on one weight with gradients 1 then −2, worked out by hand (β2 0.999, ε 1e-8,
+    no weight decay): β1 0 makes the second step use the second gradient only."""
+    from nashpref.lm.backend.single import SingleBackend
+
+    weight = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
+    optimizer = SingleBackend("cpu").make_optimizer([weight], lr=0.01, weight_decay=0.0, beta1=beta1)
+    lr, b2, eps, expected = 0.01, 0.999, 1e-8, 0.0
+    m = v = 0.0
+    for t, grad in ((1, 1.0), (2, -2.0)):
+        weight.grad = torch.tensor([grad], dtype=torch.float64)
+        optimizer.step()
+        m, v = beta1 * m + (1 - beta1) * grad, b2 * v + (1 - b2) * grad ** 2
+        expected -= lr * (m / (1 - beta1 ** t)) / ((v / (1 - b2 ** t)) ** 0.5 + eps)
+        assert weight.item() == pytest.approx(expected, abs=16 * EPS)
+    # β1 0: the second step is +lr·2/√v̂₂ (v̂₂ = (0.999·0.001 + 0.004)/(1 − 0.999²)), the first −lr/(1 + ε)
+    if beta1 == 0.0:
+        v_hat = (0.999 * 0.001 + 0.004) / (1 - 0.999 ** 2)
+        assert weight.item() == pytest.approx(-0.01 / (1 + 1e-8) + 0.02 / (v_hat ** 0.5 + 1e-8), abs=16 * EPS)
+
+
 def test_lr_warmup_below_zero_is_bad_input(tmp_path):
     from nashpref.lm.config import TrainConfig
 
@@ -238,5 +325,11 @@ def test_a_run_made_with_another_budget_is_not_reused(tmp_path):
     write_json(run.out / "config.json", describe_config(run, make_solver(run)))
     assert not stale(run)
     assert not stale(dataclasses.replace(run, iterations=32, device="cpu"))
-    for change in ({"lr": 1e-3}, {"lr_decay": 0.8}, {"samples": 8}, {"eval_samples": 16}, {"solver": "nash-md"}):
+    for change in ({"lr": 1e-3}, {"lr_decay": 0.8}, {"samples": 8}, {"eval_samples": 16}, {"solver": "nash-md"},
+                   {"adam_beta1": 0.0}):
         assert stale(dataclasses.replace(run, **change)), change
+    # a run written before --adam-beta1 existed (no key in its config.json) trained at AdamW's β1 0.9
+    older = describe_config(run, make_solver(run))
+    del older["adam_beta1"]
+    write_json(run.out / "config.json", older)
+    assert not stale(run) and stale(dataclasses.replace(run, adam_beta1=0.0))

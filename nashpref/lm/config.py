@@ -11,7 +11,7 @@ from nashpref.errors import BadInput
 from nashpref.io import jsonable
 from nashpref.solvers import REGISTRY, Solver, option_field
 
-__all__ = ["TrainConfig", "make_solver", "describe_config", "RESUMABLE_CHANGES"]
+__all__ = ["TrainConfig", "make_solver", "describe_config", "RESUMABLE_CHANGES", "as_described_now"]
 
 
 @dataclasses.dataclass
@@ -86,6 +86,10 @@ class TrainConfig:
     its gradient (m̂/√v̂ = sign(g) at step 1); the ramp keeps that noise from reshaping the policy."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
+    adam_beta1: float = 0.9
+    """AdamW's first-moment decay β1. Each round takes one optimizer step (per epoch and minibatch), so β1 carries
+    earlier rounds' gradients into this round's update: momentum on the game's dynamics, which overshoots an
+    equilibrium it has reached; 0 makes each step depend on its own round only."""
     max_grad_norm: float | None = 1.0
     """Clip the gradient's global norm to this before each step (None: no clipping)."""
     seed: int = 0
@@ -152,6 +156,7 @@ class TrainConfig:
             integer(getattr(self, name), flag(name), 1, allow_none=True)
         number(self.lr, "--lr")
         number(self.lr_decay, "--lr-decay", 0.0, 1.0)
+        number(self.adam_beta1, "--adam-beta1", 0.0, 0.999, low_open=False)
         integer(self.lr_warmup, "--lr-warmup", 0)
         number(self.timeout, "--timeout")
         for name in ("weight_decay", "tau", "temperature"):
@@ -195,3 +200,11 @@ def describe_config(config: TrainConfig, solver: Solver) -> dict:
 
 # Options that may differ between a run and its resumption: they do not change the trajectory.
 RESUMABLE_CHANGES = ("iterations", "resume", "out", "device", "timeout")
+# Options added after runs were already written, with the value those runs trained with (their config.json lacks
+# the key): ``as_described_now`` fills them in, so such a run still resumes and is still recognised.
+LATER_OPTIONS = {"adam_beta1": 0.9}
+
+
+def as_described_now(before: dict) -> dict:
+    """A run's stored config.json with the options added since (LATER_OPTIONS) at the values it trained with."""
+    return LATER_OPTIONS | before

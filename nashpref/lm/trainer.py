@@ -250,7 +250,7 @@ def _train(config, solver, policy, reference, oracle, sampler, train_rows, heldo
     out = config.out
     backend.prepare(policy, reference)
     optimizer = backend.make_optimizer([p for p in policy.parameters() if p.requires_grad], config.lr,
-                                       config.weight_decay)
+                                       config.weight_decay, config.adam_beta1)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     saved = latest_state(out / CHECKPOINTS) if config.resume else None

@@ -9,7 +9,11 @@ from nashpref.solvers import nash_md, sppo, inpo, egpo, dno, online_ipo, iterati
 from nashpref.solvers import comal, mpo, spo  # noqa: F401,E402  (registers)
 from nashpref.solvers import onpo, nash_mp  # noqa: F401,E402  (registers)
 
-__all__ = ["REGISTRY", "Solver", "SolverConfig", "register", "option_field", "get_solver"]
+__all__ = ["REGISTRY", "Solver", "SolverConfig", "register", "option_field", "get_solver", "UNREGULARISED"]
+
+# The solvers of the unregularised game: they ignore τ (or regularise towards a centre they move, COMAL's and MPO's),
+# so their gap is the τ = 0 one; ONPO takes τ when it is given
+UNREGULARISED = ("sppo", "dno", "spo", "mpo", "comal")
 
 
 def get_solver(name: str) -> type[Solver]:

@@ -16,8 +16,8 @@ from nashpref.solvers import REGISTRY
 class LLMBenchConfig:
     """Race every solver against iterative DPO on a tiny language model under a known intransitive preference.
     Presets quick / full: the known-answer race (rule:cycle, μ far from the equilibrium, the exact class-game gap
-    per iteration; OUT/results.json, OUT/README.md, OUT/gap.png, OUT/league.png); raters: the earlier race under
-    rule:raters (OUT/llm.png). Finished runs in OUT/runs are reused, so a killed benchmark resumes."""
+    per iteration; OUT/results.json, OUT/README.md, OUT/gap.png, OUT/target.png, OUT/league.png); raters: the
+    earlier race under rule:raters (OUT/llm.png). Finished runs in OUT/runs are reused, so a killed benchmark resumes."""
 
     preset: Literal["quick", "full", "pairwise", "raters"] = "quick"
     """quick: 1 seed × 24 iterations (≤ 10 min on 2 CPU cores); full: 3 seeds × 24 iterations (reuses quick's
@@ -42,6 +42,10 @@ class LLMBenchConfig:
     lr_decay: float | None = None
     """quick / full: multiply the learning rate by this after every iteration (default: the preset's, 0.95 from
     1e-3: 3.1e-4 at iteration 24)."""
+    tuned: bool = True
+    """quick / full: train each solver with its race setting (lr schedule, AdamW β1, solver options; listed in
+    nashpref/benchmarks/llm/race.py RACE_SETTINGS, chosen on seeds 3 and 4). --no-tuned: every solver at the
+    preset's schedule and its default options. --lr / --lr-decay, when given, apply to every solver."""
     tau: float = 0.1
     """KL-regularisation strength τ of the game."""
     max_new_tokens: int | None = None

@@ -35,12 +35,12 @@ def stale(run) -> bool:
     """Whether ``run.out`` holds a run trained with other options than ``run`` (another preset budget, solver
     options, setup): it must not be reused or resumed. Only the options a resumption may change are ignored
     (more iterations extend a run: the lr schedule is per iteration, so a run's first rows do not depend on them)."""
-    from nashpref.lm.config import RESUMABLE_CHANGES, describe_config, make_solver
+    from nashpref.lm.config import RESUMABLE_CHANGES, as_described_now, describe_config, make_solver
 
     previous = run.out / "config.json"
     if not previous.is_file():
         return False
-    before = json.loads(previous.read_text(encoding="utf-8"))
+    before = as_described_now(json.loads(previous.read_text(encoding="utf-8")))
     now = json.loads(json.dumps(describe_config(run, make_solver(run))))     # through JSON, as the file was
     return any(before.get(key) != now.get(key) for key in set(before) | set(now) if key not in RESUMABLE_CHANGES)
 

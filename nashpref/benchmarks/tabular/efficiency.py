@@ -8,7 +8,6 @@ Entry point: scripts/bench_sampled_efficiency.py. Writes OUT/results.json, OUT/R
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import time
 from pathlib import Path
@@ -19,14 +18,13 @@ from nashpref.benchmarks.tabular.report import fmt_gap, md_table
 from nashpref.core.exact import log_schedule
 from nashpref.io import staged_output, write_json
 from nashpref.sampled import SampledConfig, run_sampled
-from nashpref.solvers import REGISTRY
+from nashpref.solvers import REGISTRY, UNREGULARISED
 
 TARGET, BUDGET = 0.03, 100_000          # the gap to reach and the queries per context allowed for it
 SIZES = (5, 7, 10)
 TAU = 0.1
 GRID = 60                               # log-spaced query counts of the median curves
 CURVE_POINTS = 120                      # log-spaced iterations kept per run
-UNREGULARISED = ("sppo", "dno", "spo", "mpo", "comal")   # they solve the τ = 0 game: their gap is Gap₀
 
 
 def target_key(solver: str) -> str:

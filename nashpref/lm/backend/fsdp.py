@@ -107,8 +107,9 @@ class DataParallelBackend:
                 pass
 
     # ---- training -------------------------------------------------------------------------------------------
-    def make_optimizer(self, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-        return torch.optim.AdamW([p for p in params if p.requires_grad], lr=lr, weight_decay=weight_decay)
+    def make_optimizer(self, params, lr: float, weight_decay: float, beta1: float = 0.9) -> torch.optim.Optimizer:
+        return torch.optim.AdamW([p for p in params if p.requires_grad], lr=lr, weight_decay=weight_decay,
+                                 betas=(beta1, 0.999))
 
     def backward(self, loss: Tensor) -> None:
         loss.backward()

@@ -38,8 +38,8 @@ class SingleBackend:
             if model is not None:
                 model.to(self.device)
 
-    def make_optimizer(self, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(list(params), lr=lr, weight_decay=weight_decay)
+    def make_optimizer(self, params, lr: float, weight_decay: float, beta1: float = 0.9) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(list(params), lr=lr, weight_decay=weight_decay, betas=(beta1, 0.999))
 
     def backward(self, loss: Tensor) -> None:
         loss.backward()
