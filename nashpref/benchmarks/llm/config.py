@@ -44,8 +44,9 @@ class LLMBenchConfig:
     1e-3: 3.1e-4 at iteration 24)."""
     tuned: bool = True
     """quick / full: train each solver with its race setting (lr schedule, AdamW β1, solver options; listed in
-    nashpref/benchmarks/llm/race.py RACE_SETTINGS, chosen on seeds 3 and 4). --no-tuned: every solver at the
-    preset's schedule and its default options. --lr / --lr-decay, when given, apply to every solver."""
+    nashpref/benchmarks/llm/race.py RACE_SETTINGS, chosen on seeds 3–6, never on the reported 0–2). --no-tuned:
+    every solver at the preset's schedule and its default options. --lr / --lr-decay, when given, apply to every
+    solver."""
     tau: float = 0.1
     """KL-regularisation strength τ of the game."""
     max_new_tokens: int | None = None

@@ -80,8 +80,8 @@ class RaceSetting:
                 if v is not None} | dict(self.options)
 
 
-# Per-solver race settings (--tuned, the default), chosen on training seeds 3 and 4, never on the reported seeds
-# 0–2 (bench/README.md §2 has the sweep). Solvers not listed run the preset's schedule at their default options.
+# Per-solver race settings (--tuned, the default), chosen on training seeds 3 and 4 (SPO also 5 and 6), never on the
+# reported seeds 0–2 (bench/llm-tuning has the sweep). Solvers not listed run the preset's schedule at their defaults.
 # AdamW β1 0 throughout: one step per round, so momentum carries the rounds before an equilibrium is reached past
 # it (at β1 0.9 INPO passed gap 0.00 at iteration 8 and drifted to 0.14 by 24). COMAL and MPO refresh their prox
 # centre / magnet every 8 / 12 rounds (their defaults, 100 / 50, never refresh within 24 iterations), at a

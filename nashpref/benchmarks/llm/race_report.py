@@ -131,7 +131,8 @@ def race_markdown(results: dict) -> str:
                      f"({row['mixture_reduction']:.1f}×) | {format_ci(row['exploitability'])} | {format_ci(row['kl'], 2)} | "
                      f"{format_ci(row['win_rate_vs_reference'])} | {shares(row['shares'])} | "
                      f"{row['seconds_per_iteration']:.2f} |")
-    lines += ["", "![gap per iteration](gap.png)", "", "![each solver on its target](target.png)", "", "## League (class-level win-rates of the final policies)",
+    lines += ["", "![gap per iteration](gap.png)", "", "![each solver on its target](target.png)", "",
+              "## League (class-level win-rates of the final policies)",
               "", "Row beats column with this probability (mean over all pairs of seeds); exact given the class "
               "shares, since the oracle reads only the class.", "",
               "| | " + " | ".join(results["league"]["players"]) + " |",
@@ -140,7 +141,7 @@ def race_markdown(results: dict) -> str:
         lines.append(f"| {name} | " + " | ".join(f"{x:.2f}" for x in row) + " |")
     lines += ["", "![league](league.png)", "", "## Columns", "",
               "- *setting*: where the solver's run differs from the budget above (lr, its decay, AdamW β1, the "
-              "solver's own options); chosen on seeds 3 and 4, which are not reported here.",
+              "solver's own options); chosen on seeds 3 and 4 (SPO also 5 and 6), which are not reported here.",
               "- *its target*: the gap the solver is built to drive to zero: the τ-regularised class game's, or the "
               "τ = 0 game's (max_k P(k ≻ π) − ½) for SPPO, DNO, COMAL, SPO and MPO, which ignore τ; at the "
               "last iterate, or at the iterates' mixture for the solvers whose theory is about the average "
