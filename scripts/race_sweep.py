@@ -16,8 +16,35 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import json  # noqa: E402
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
+
+
+def parse_setting(method: str, text: str):
+    """The RaceSetting ``text`` describes, checked as the train command checks its options (BadInput otherwise)."""
+    from nashpref.benchmarks.llm.race import RaceSetting
+    from nashpref.errors import BadInput
+    from nashpref.lm.config import TrainConfig
+    from nashpref.solvers import REGISTRY
+
+    if method not in REGISTRY:
+        raise BadInput(f"--method {method!r}: unknown solver; choose one of: {', '.join(REGISTRY)}")
+    try:
+        setting = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise BadInput(f"--setting: not JSON ({error})") from None
+    keys = {"lr", "lr_decay", "adam_beta1", "options"}
+    if not isinstance(setting, dict) or not set(setting) <= keys:
+        raise BadInput(f"--setting: a JSON object with keys among {', '.join(sorted(keys))}, got {text}")
+    options = setting.pop("options", {})
+    fields = {f.name for f in dataclasses.fields(REGISTRY[method].Config)}
+    if not isinstance(options, dict) or not set(options) <= fields:
+        raise BadInput(f"--setting: options of {method} are among {', '.join(sorted(fields))}, got {options}")
+    REGISTRY[method].Config(**options).validate(method)
+    TrainConfig(policy="-", preference="-", prompts="-", solver=method, out=Path("-"), **setting).validate()
+    return RaceSetting(**setting, options=tuple(options.items()))
 
 
 def main() -> None:
@@ -32,11 +59,13 @@ def main() -> None:
     from nashpref.benchmarks.llm.config import LLMBenchConfig
     from nashpref.benchmarks.llm.race_report import mixture_gap, stored_class_game, target_gaps
     from nashpref.cli.train import quiet_library_progress
+    from nashpref.errors import BadInput, one_line
     from nashpref.lm.startup import import_libraries
 
-    setting = json.loads(args.setting)
-    options = tuple(setting.pop("options", {}).items())
-    race.RACE_SETTINGS[args.method] = race.RaceSetting(**setting, options=options)
+    try:
+        race.RACE_SETTINGS[args.method] = parse_setting(args.method, args.setting)
+    except BadInput as error:
+        sys.exit(print(one_line(error), file=sys.stderr) or 2)
     import_libraries()
     quiet_library_progress()
     race.run_race(LLMBenchConfig(preset="full", out=args.out, methods=(args.method,), seeds=tuple(args.seeds),

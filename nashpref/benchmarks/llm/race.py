@@ -75,9 +75,13 @@ class RaceSetting:
     adam_beta1: float | None = None
     options: tuple[tuple[str, object], ...] = ()      # (field, value) of the solver's Config
 
-    def describe(self) -> dict:
+    def train_options(self) -> dict:
+        """The TrainConfig fields this setting sets (the rest stay the preset's or TrainConfig's defaults)."""
         return {k: v for k, v in (("lr", self.lr), ("lr_decay", self.lr_decay), ("adam_beta1", self.adam_beta1))
-                if v is not None} | dict(self.options)
+                if v is not None}
+
+    def describe(self) -> dict:
+        return self.train_options() | dict(self.options)
 
 
 # Per-solver race settings (--tuned, the default), chosen on training seeds 3 and 4 (SPO also 5 and 6), never on the
@@ -159,21 +163,18 @@ def race_class_game(setup: Path, budget: RaceBudget, config: LLMBenchConfig) -> 
 # ---- runs --------------------------------------------------------------------------------------------------------
 def race_train_config(config: LLMBenchConfig, budget: RaceBudget, setup: Path, method: str, seed: int, kind: str,
                       oracle: str = ORACLE):
-    from nashpref.lm.config import TrainConfig
+    from nashpref.cli.train import build_train_command
     from nashpref.solvers import REGISTRY, option_field
 
     setting = race_setting(config, method) if config.preset in ("quick", "full") else RaceSetting()
-    run = TrainConfig(policy=str(setup / "policy"), preference=oracle, prompts=str(setup / "prompts-train.jsonl"),
-                      solver=method, out=run_dir(config, method, seed), heldout=budget.heldout, tau=config.tau,
-                      sampler=kind, iterations=budget.iterations, samples=budget.samples,
-                      lr=setting.lr or budget.lr,
-                      lr_decay=setting.lr_decay if setting.lr_decay is not None else budget.lr_decay,
-                      adam_beta1=setting.adam_beta1 if setting.adam_beta1 is not None else 0.9, seed=seed,
-                      max_new_tokens=budget.max_new_tokens, eval_samples=budget.eval_samples, device=config.device,
-                      resume=True)
-    if setting.options:     # make_solver reads a solver's options from the attribute the train command gives it
-        setattr(run, option_field(method), REGISTRY[method].Config(**dict(setting.options)))
-    return run
+    # the train command's config: it holds each solver's options as a field (--<solver>.<option>)
+    fields = dict(policy=str(setup / "policy"), preference=oracle, prompts=str(setup / "prompts-train.jsonl"),
+                  solver=method, out=run_dir(config, method, seed), heldout=budget.heldout, tau=config.tau,
+                  sampler=kind, iterations=budget.iterations, samples=budget.samples, lr=budget.lr,
+                  lr_decay=budget.lr_decay, seed=seed, max_new_tokens=budget.max_new_tokens,
+                  eval_samples=budget.eval_samples, device=config.device, resume=True)
+    return build_train_command()(**fields | setting.train_options(),
+                                 **{option_field(method): REGISTRY[method].Config(**dict(setting.options))})
 
 
 def class_scorer(game: ClassGame):
