@@ -4,7 +4,6 @@ options, the prompts' split, the sampler, the policies and a probe of the oracle
 from __future__ import annotations
 
 import importlib.util
-import json
 from typing import Any
 
 import torch
@@ -12,7 +11,7 @@ from torch import Tensor
 
 from nashpref.errors import BadInput, MissingResource, NashprefError
 from nashpref.lm.checkpoints import CHECKPOINTS, latest_checkpoint
-from nashpref.lm.config import RESUMABLE_CHANGES, TrainConfig, as_described_now
+from nashpref.lm.config import RESUMABLE_CHANGES, TrainConfig, changed_options
 from nashpref.lm.samplers.base import SamplingConfig
 from nashpref.solvers import Solver
 from nashpref.validate import check_prompt_lengths
@@ -149,9 +148,7 @@ def check_out(config: TrainConfig, described: dict) -> None:
         raise BadInput(f"--out {out}: already holds a training run; pass --resume to continue it, or choose "
                        "another directory")
     if config.resume and previous.exists():
-        before = as_described_now(json.loads(previous.read_text(encoding="utf-8")))
-        changed = sorted(key for key in set(before) | set(described)
-                         if key not in RESUMABLE_CHANGES and before.get(key) != described.get(key))
+        changed = changed_options(previous, described)
         if changed:
             raise BadInput(f"--resume: options differ from the run in {out}: {', '.join(changed)} (only "
                            f"{', '.join(RESUMABLE_CHANGES)} may change)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -11,7 +12,7 @@ from nashpref.errors import BadInput
 from nashpref.io import jsonable
 from nashpref.solvers import REGISTRY, Solver, option_field
 
-__all__ = ["TrainConfig", "make_solver", "describe_config", "RESUMABLE_CHANGES", "as_described_now"]
+__all__ = ["TrainConfig", "make_solver", "describe_config", "RESUMABLE_CHANGES", "changed_options"]
 
 
 @dataclasses.dataclass
@@ -201,10 +202,15 @@ def describe_config(config: TrainConfig, solver: Solver) -> dict:
 # Options that may differ between a run and its resumption: they do not change the trajectory.
 RESUMABLE_CHANGES = ("iterations", "resume", "out", "device", "timeout")
 # Options added after runs were already written, with the value those runs trained with (their config.json lacks
-# the key): ``as_described_now`` fills them in, so such a run still resumes and is still recognised.
+# the key): ``changed_options`` fills them in, so such a run still resumes and is still recognised.
 LATER_OPTIONS = {"adam_beta1": 0.9}
 
 
-def as_described_now(before: dict) -> dict:
-    """A run's stored config.json with the options added since (LATER_OPTIONS) at the values it trained with."""
-    return LATER_OPTIONS | before
+def changed_options(stored: Path, described: dict) -> list[str]:
+    """The options, other than RESUMABLE_CHANGES, on which the run whose config.json is ``stored`` differs from
+    ``described`` (a ``describe_config``), compared as JSON; options added since that run (LATER_OPTIONS) count at
+    the values it trained with."""
+    before = LATER_OPTIONS | json.loads(stored.read_text(encoding="utf-8"))
+    now = json.loads(json.dumps(described))
+    return sorted(key for key in set(before) | set(now)
+                  if key not in RESUMABLE_CHANGES and before.get(key) != now.get(key))

@@ -4,7 +4,6 @@ with finished runs reused, and the time and load it started at."""
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import shutil
 import sys
@@ -35,14 +34,12 @@ def stale(run) -> bool:
     """Whether ``run.out`` holds a run trained with other options than ``run`` (another preset budget, solver
     options, setup): it must not be reused or resumed. Only the options a resumption may change are ignored
     (more iterations extend a run: the lr schedule is per iteration, so a run's first rows do not depend on them)."""
-    from nashpref.lm.config import RESUMABLE_CHANGES, as_described_now, describe_config, make_solver
+    from nashpref.lm.config import changed_options, describe_config, make_solver
 
     previous = run.out / "config.json"
     if not previous.is_file():
         return False
-    before = as_described_now(json.loads(previous.read_text(encoding="utf-8")))
-    now = json.loads(json.dumps(describe_config(run, make_solver(run))))     # through JSON, as the file was
-    return any(before.get(key) != now.get(key) for key in set(before) | set(now) if key not in RESUMABLE_CHANGES)
+    return bool(changed_options(previous, describe_config(run, make_solver(run))))
 
 
 def train_each(config: LLMBenchConfig, iterations: int, train_config: Callable, **train_options
